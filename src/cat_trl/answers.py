@@ -1,0 +1,490 @@
+"""Verifiable final answers: `\\boxed{}` extraction, normalisation, equivalence, clustering.
+
+This is the layer under the CaT math reward (a rollout scores 1 when its final boxed answer matches the final boxed
+answer of the synthesised reference), under majority voting and under evaluation against gold answers. It runs on
+every completion of every GRPO step, so everything here is cheap on the common path and never raises or hangs on
+malformed model output.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections import Counter
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AnswerMatcher", "cluster_answers", "extract_boxed", "majority_answer", "normalize_answer"]
+
+MATCH_MODES = ("string", "equivalent")
+
+# --------------------------------------------------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------------------------------------------------
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+# A backslash escape is consumed as one unit, so `\{`/`\}` never count as braces while `\\}` still closes a group.
+_BRACE_RE = re.compile(r"\\.|[{}]", re.DOTALL)
+_TOKEN_RE = re.compile(r"[^\s$]+")
+
+
+def extract_boxed(text) -> str | None:
+    """Content of the last `\\boxed{...}` / `\\fbox{...}` in `text`, or None.
+
+    Braces are balanced (`\\boxed{\\frac{1}{2}}` gives `\\frac{1}{2}`); the brace-less `\\boxed 5` form yields the
+    token up to the next whitespace or `$`. Only the last box counts: models restate and correct themselves, and the
+    paper's reward reads the final answer. An unclosed or empty last box gives None rather than falling back to an
+    earlier one, which would reward an answer the model moved away from. Regex scans only, so cost is linear.
+    """
+    if not isinstance(text, str):
+        return None
+    last = None
+    for last in _BOX_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    pos = last.end()
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    if pos < len(text) and text[pos] == "{":
+        depth = 0
+        for m in _BRACE_RE.finditer(text, pos):
+            tok = m.group()
+            if tok == "{":
+                depth += 1
+            elif tok == "}":
+                depth -= 1
+                if depth == 0:
+                    content = text[pos + 1 : m.start()].strip()
+                    return content or None
+        return None  # unclosed
+    if pos == last.end() and pos < len(text) and not text[pos].isalnum():
+        return None  # `\boxed(`, `\boxed$`, ...: not a box argument
+    token = _TOKEN_RE.match(text, pos)
+    return token.group() if token else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# String normalisation
+# --------------------------------------------------------------------------------------------------------------------
+
+_LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)(?![A-Za-z])")
+_SPACING_RE = re.compile(r"\\[!,;:]|\\ |\\(?:displaystyle|q?quad)(?![A-Za-z])")
+_FRAC_VARIANT_RE = re.compile(r"\\[dt]frac(?![A-Za-z])")
+_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|°")
+_TEXT_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_WHITESPACE_RE = re.compile(r"\s+")
+_ASSIGN_RE = re.compile(r"^[A-Za-z]=(?!=)")
+_LEADING_DOT_RE = re.compile(r"(?<![0-9A-Za-z}\)\]])\.(?=\d)")
+_FRAC_ARG = r"(\{[^{}]*\}|[0-9A-Za-z])"
+_FRAC_RE = re.compile(r"\\frac" + _FRAC_ARG + _FRAC_ARG)
+_SQRT_RE = re.compile(r"\\sqrt([0-9A-Za-z])")
+_LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)\{,\}(?=\d)")
+_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def _braced(arg: str) -> str:
+    return arg if arg.startswith("{") else "{" + arg + "}"
+
+
+def _strip_outer_braces(s: str) -> str:
+    while len(s) >= 2 and s[0] == "{" and s[-1] == "}":
+        depth = 0
+        for i, ch in enumerate(s):
+            depth += (ch == "{") - (ch == "}")
+            if depth == 0:
+                break
+        if i != len(s) - 1:  # `{1}{2}`: the first brace closes early
+            break
+        s = s[1:-1]
+    return s
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalize(s: str) -> str:
+    s = s.strip()
+    s = _LEFT_RIGHT_RE.sub("", s)
+    s = _SPACING_RE.sub("", s)
+    s = _FRAC_VARIANT_RE.sub(r"\\frac", s)
+    s = _DEGREE_RE.sub("", s)
+    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
+    prev = None
+    while prev != s:  # innermost-first, so nested wrappers unwrap too
+        prev, s = s, _TEXT_RE.sub(r"\1", s)
+    s = _WHITESPACE_RE.sub("", s)
+    s = s.rstrip(".")
+    if _ASSIGN_RE.match(s) and s.count("=") == 1:
+        s = s[2:]
+    s = _strip_outer_braces(s)
+    s = _LEADING_DOT_RE.sub("0.", s)
+    s = _FRAC_RE.sub(lambda m: "\\frac" + _braced(m.group(1)) + _braced(m.group(2)), s)
+    s = _SQRT_RE.sub(r"\\sqrt{\1}", s)
+    s = _LATEX_THOUSANDS_RE.sub(",", s)
+    if _THOUSANDS_RE.fullmatch(s):
+        s = s.replace(",", "")
+    return s
+
+
+def normalize_answer(answer: str) -> str:
+    """Conservative Hendrycks-MATH-style (`strip_string`) normalisation: the paper's `string` match mode.
+
+    Removes presentation only (spacing, `\\left`/`\\right`, `\\dfrac`, `^\\circ`, `$`, `%`, `\\text{}`, a leading
+    single-letter `x =`, thousands separators, outer braces) and canonicalises `.5`, `\\frac12`, `\\sqrt2`. Unlike
+    `strip_string` it never rewrites values (`0.5` stays `0.5`, `1/2` stays `1/2`): value-level equivalence is the
+    job of the `equivalent` mode, and keeping this mode conservative keeps it free of false positives. Deterministic,
+    cached, and never raises (non-strings give "", an internal error gives the stripped input).
+    """
+    if not isinstance(answer, str):
+        return ""
+    try:
+        return _normalize(answer)
+    except Exception:  # pragma: no cover - defensive: the reward path must not raise
+        logger.debug("normalize_answer failed on %r", answer, exc_info=True)
+        return answer.strip()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# math-verify equivalence (runs in whichever process owns the main thread doing the check)
+# --------------------------------------------------------------------------------------------------------------------
+
+_REL_TOL = 1e-4  # guard against math-verify's absolute 6-decimal rounding equating tiny values (math-verify #14)
+
+
+@functools.lru_cache(maxsize=1)
+def _extraction_config():
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    return [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+
+def _alarm_seconds(timeout: float | None) -> int | None:
+    # math-verify's timeouts are `signal.alarm(int)`: whole seconds only, and a float would be a TypeError.
+    return None if timeout is None else max(1, math.ceil(timeout))
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse(answer: str, seconds: int | None) -> tuple[str, list]:
+    """(status, candidates), cached with failures too: a reference shared by a group is parsed (or times out) once."""
+    from math_verify import parse
+    from math_verify.errors import TimeoutException
+
+    try:
+        parsed = parse("\\boxed{" + answer + "}", _extraction_config(), parsing_timeout=seconds, raise_on_error=True)
+    except TimeoutException:
+        return "timeout", []
+    except Exception:
+        return "error", []
+    return ("ok", parsed) if parsed else ("unparseable", [])
+
+
+def _close_enough(x, y, seconds: int | None) -> bool:
+    """False when both sides are plain numbers whose relative difference exceeds `_REL_TOL`.
+
+    math-verify compares numbers after rounding to 6 decimals, so `1/2^99` "equals" `1/2^98` (math-verify #14);
+    symmetry cannot fix that, a relative check can. Anything that is not a plain number (sets, tuples, symbols), or
+    that cannot be evaluated, passes: this only vetoes, it never accepts.
+    """
+    import sympy
+    from math_verify.utils import timeout as mv_timeout
+
+    if not (isinstance(x, sympy.Expr) and isinstance(y, sympy.Expr) and x.is_number and y.is_number):
+        return True
+
+    def close() -> bool:
+        try:  # doit(): math-verify keeps `10\%` as `10*UnevaluatedExpr(1/100)`, which evalf leaves alone
+            xv, yv = x.doit().evalf(30), y.doit().evalf(30)
+            scale = max(abs(xv), abs(yv))
+            return bool(scale == 0 or abs(xv - yv) <= _REL_TOL * scale)
+        except Exception:
+            return True
+
+    return mv_timeout(seconds)(close)()
+
+
+def _one_way(gold: list, target: list, seconds: int | None, guard: bool) -> bool:
+    """math-verify's `verify(gold, target)` pair by pair, so a failing pair cannot hide the others."""
+    from math_verify import verify
+
+    for g in gold:
+        for t in target:
+            try:
+                if verify(g, t, timeout_seconds=seconds, raise_on_error=True) and (
+                    not guard or _close_enough(g, t, seconds)
+                ):
+                    return True
+            except Exception:
+                continue
+    return False
+
+
+def _equivalent(a: str, b: str, timeout: float | None) -> str:
+    """Symmetric math-verify check -> "verified" | "rejected" | "timeout" | "error" | "unparseable". Never raises.
+
+    Symmetric because `verify` treats its first argument as gold: one-directional verification is not an
+    equivalence relation, and both the CaT reward (reference vs rollout) and clustering need one.
+    """
+    from math_verify.errors import TimeoutException
+
+    seconds = _alarm_seconds(timeout)
+    try:
+        (sa, pa), (sb, pb) = _parse(a, seconds), _parse(b, seconds)
+        for status in (sa, sb):
+            if status != "ok":
+                return status
+        # Percentages are exempt from the tiny-value guard: math-verify deliberately accepts `10\%` for `10`.
+        guard = "%" not in a and "%" not in b
+        verified = _one_way(pa, pb, seconds, guard) and _one_way(pb, pa, seconds, guard)
+        return "verified" if verified else "rejected"
+    except TimeoutException:  # a BaseException in math-verify: the first timeout ends the check
+        return "timeout"
+    except Exception:
+        return "error"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helper process for checks off the main thread
+# --------------------------------------------------------------------------------------------------------------------
+
+_WORKER_START_TIMEOUT = 120.0
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _worker_deadline(timeout: float) -> float:
+    """Hard wall-clock limit for one check in the worker. The worker's own alarms normally answer well before this;
+    it only catches hangs inside C code (big-integer arithmetic) that a signal cannot interrupt."""
+    return 3 * _alarm_seconds(timeout) + 2.0
+
+
+def _worker_main(fd: int) -> None:
+    """Helper-process loop: answer (a, b, timeout) requests on the inherited socket `fd` with `_equivalent` statuses.
+
+    Runs in the helper's main thread, so math-verify's signal alarms work here. Exits on EOF, i.e. when the parent
+    closes its end or dies.
+    """
+    import signal
+    from multiprocessing.connection import Connection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    conn = Connection(fd)
+    _extraction_config()  # import math-verify/sympy before reporting ready, so start-up is not charged to a check
+    conn.send("ready")
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(_equivalent(*request))
+
+
+class _Worker:
+    """A fresh interpreter running `_worker_main`, talking over a socketpair.
+
+    A plain `subprocess` rather than a multiprocessing `spawn` context: `spawn` re-imports the launching script in the
+    child, which re-runs an unguarded training script (and fails outright for stdin/notebook mains). The directory
+    holding this `cat_trl` is put on the child's path when it is not there already (source checkouts). POSIX only
+    (`pass_fds`); elsewhere the start fails and the matcher degrades as documented on `AnswerMatcher`.
+    """
+
+    def __init__(self):
+        parent, child = multiprocessing.Pipe()
+        self.conn = parent
+        code = (
+            "import sys; r = sys.argv[2]; r in sys.path or sys.path.insert(0, r); "
+            "from cat_trl.answers import _worker_main; _worker_main(int(sys.argv[1]))"
+        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code, str(child.fileno()), _PACKAGE_ROOT],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        if not self.conn.poll(_WORKER_START_TIMEOUT) or self.conn.recv() != "ready":
+            self.close()
+            raise RuntimeError("answer verifier worker did not start")
+
+    def check(self, a: str, b: str, timeout: float) -> str | None:
+        """Status from the worker, or None when it missed its deadline (the caller then kills it)."""
+        self.conn.send((a, b, timeout))
+        return self.conn.recv() if self.conn.poll(_worker_deadline(timeout)) else None
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(2)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(2)
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Public matcher
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class AnswerMatcher:
+    """Decides whether two final answers are the same answer.
+
+    Args:
+        mode: `"string"` compares `normalize_answer` keys (the paper's default); `"equivalent"` additionally asks
+            math-verify whether the two are mathematically equal (`\\frac{1}{2}` vs `0.5`, `2\\sqrt{2}` vs
+            `\\sqrt{8}`, intervals, tuples), in both directions.
+        timeout: seconds allowed per math-verify stage (parse, each comparison), rounded up to whole seconds because
+            math-verify uses `signal.alarm`. Signals only work in the main thread, and TRL runs async reward functions
+            on a daemon thread, so off the main thread each check instead goes to a persistent helper process (started
+            lazily, one per matcher, in its own main thread) that enforces the same alarms, and is killed, counted as
+            a timeout and restarted lazily if it misses a hard deadline (C-level hangs no signal can interrupt).
+            `None` disables all timeouts and checks in-process everywhere: faster, but one pathological answer
+            (`9^{9^{9^{9}}}`) can then stall training indefinitely.
+
+    Outcomes are counted in `self.stats` ("fast_path", "cache_hit", "verified", "rejected", "timeout", "error",
+    "unparseable") for the trainer to log. If the helper process cannot be started at all, off-main-thread checks
+    degrade to the string fast path and count as "error" (logged once) instead of retrying a start on every call.
+    """
+
+    _MAX_CACHE = 100_000
+
+    def __init__(self, mode: str = "string", timeout: float | None = 5.0):
+        if mode not in MATCH_MODES:
+            raise ValueError(f"mode must be one of {MATCH_MODES}, got {mode!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        self.mode = mode
+        self.timeout = timeout
+        self.stats: Counter = Counter()
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._cache: dict[tuple[str, str], bool] = {}
+        self._worker: _Worker | None = None
+        self._worker_broken = False
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        # Caches, locks and the worker handle are process-local; a copy rebuilds them lazily.
+        return {"mode": self.mode, "timeout": self.timeout, "stats": Counter(self.stats)}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def __repr__(self) -> str:
+        return f"AnswerMatcher(mode={self.mode!r}, timeout={self.timeout!r})"
+
+    def key(self, answer: str) -> str:
+        """Canonical string key (`normalize_answer`): string-equal answers share it, so callers can group by dict."""
+        return normalize_answer(answer)
+
+    def match(self, a: str | None, b: str | None) -> bool:
+        """True when `a` and `b` are the same answer under this matcher's mode. Never raises; None (no answer) and
+        answers that normalise to "" match nothing."""
+        ka, kb = self.key(a), self.key(b)
+        if not ka or not kb:
+            return False
+        if ka == kb:
+            self.stats["fast_path"] += 1
+            return True
+        if self.mode == "string":
+            self.stats["rejected"] += 1
+            return False
+        pair = (ka, kb) if ka < kb else (kb, ka)
+        cached = self._cache.get(pair)
+        if cached is not None:
+            self.stats["cache_hit"] += 1
+            return cached
+        status = self._check(a, b)
+        self.stats[status] += 1
+        if len(self._cache) >= self._MAX_CACHE:
+            self._cache.clear()
+        self._cache[pair] = result = status == "verified"
+        return result
+
+    def _check(self, a: str, b: str) -> str:
+        if self.timeout is None or threading.current_thread() is threading.main_thread():
+            return _equivalent(a, b, self.timeout)
+        with self._lock:  # one request in flight per worker
+            if self._worker_broken:
+                return "error"
+            if self._worker is None:
+                try:
+                    self._worker = _Worker()
+                except Exception:
+                    logger.warning("cannot start the answer verifier process; equivalence checks off the main "
+                                   "thread now fall back to string matching", exc_info=True)
+                    self._worker_broken = True
+                    return "error"
+            try:
+                status = self._worker.check(a, b, self.timeout)
+            except Exception:  # the worker died (EOF, broken pipe): replace it on the next check
+                logger.warning("answer verifier process failed; restarting it", exc_info=True)
+                status = "error"
+            if status is None or status == "error":
+                self.close_worker()
+            return "timeout" if status is None else status
+
+    def close_worker(self) -> None:
+        """Stop the helper process (if any); the next off-main-thread check starts a fresh one."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
+
+    def __del__(self):
+        try:
+            self.close_worker()
+        except Exception:
+            pass
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Clustering and majority vote
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def cluster_answers(answers: list[str | None], matcher: AnswerMatcher) -> list[list[int]]:
+    """Indices of answers grouped into equivalence classes, ordered by first occurrence.
+
+    Each answer joins the first cluster whose representative (first member) it matches. A dict on `matcher.key`
+    comes first, so string-equal answers never reach math-verify and `string` mode is a single pass. None answers,
+    and answers that normalise to "", belong to no cluster.
+    """
+    clusters: list[list[int]] = []
+    by_key: dict[str, int] = {}
+    for i, answer in enumerate(answers):
+        k = matcher.key(answer)
+        if not k:
+            continue
+        c = by_key.get(k)
+        if c is None and matcher.mode != "string":
+            c = next((j for j, cl in enumerate(clusters) if matcher.match(answers[cl[0]], answer)), None)
+        if c is None:
+            c = len(clusters)
+            clusters.append([])
+        clusters[c].append(i)
+        by_key[k] = c
+    return clusters
+
+
+def majority_answer(
+    answers: list[str | None], matcher: AnswerMatcher
+) -> tuple[str | None, int, list[list[int]]]:
+    """(representative of the largest cluster, its size, all clusters). Ties go to the cluster seen first, so the
+    vote is deterministic given the rollout order. No answers at all gives (None, 0, [])."""
+    clusters = cluster_answers(answers, matcher)
+    if not clusters:
+        return None, 0, []
+    best = max(clusters, key=len)  # `max` keeps the first of equal sizes: earliest first occurrence wins
+    return answers[best[0]], len(best), clusters

@@ -1,0 +1,34 @@
+"""`cat-trl` command line: `cat-trl train CONFIG.yaml [--key value ...]`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = """usage: cat-trl <command> CONFIG.yaml [--key value ...]
+
+commands:
+  train   CaT-RL (GRPO with anchor-synthesized references). Same as
+          `accelerate launch -m cat_trl.train --config CONFIG.yaml [--key value ...]`.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        if not rest or rest[0].startswith("-"):
+            print("cat-trl train: missing CONFIG.yaml\n" + USAGE, file=sys.stderr)
+            return 2
+        from .train import main as train_main
+
+        return train_main(["--config", rest[0], *rest[1:]])
+    print(f"cat-trl: unknown command {command!r}\n" + USAGE, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

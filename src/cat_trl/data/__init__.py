@@ -1,0 +1,121 @@
+"""Training prompts for CaT: every loader returns a `Dataset` with exactly `prompt`, `question`, `problem_id` and,
+when the source has one, `gold_answer`.
+
+`gold_answer` (`GOLD_COLUMN`) is kept out of the prompt and is only for diagnostic metrics: CaT rewards are
+label-free, and the trainer strips the column before any reward function runs.
+
+`load_train_dataset` is called by the entry point before any model is loaded, so that a bad dataset name, path,
+format or column fails in seconds, not after a multi-GB download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+from datasets import Dataset
+
+from cat_trl.data.generic import GOLD_COLUMN, load_generic, load_raw, looks_like_local_path, resolve_local
+from cat_trl.data.math500 import MATH500_HUB_ID, load_math500
+from cat_trl.data.prompts import add_fewshot, build_messages, question_text
+from cat_trl.data.synthetic import generate_problems, load_synthetic_math
+
+if TYPE_CHECKING:
+    from cat_trl.script_args import CaTScriptArguments
+
+__all__ = [
+    "DATASET_FORMATS",
+    "GOLD_COLUMN",
+    "build_messages",
+    "generate_problems",
+    "load_generic",
+    "load_math500",
+    "load_raw",
+    "load_synthetic_math",
+    "load_train_dataset",
+    "looks_like_local_path",
+    "question_text",
+    "resolve_format",
+]
+
+DATASET_FORMATS = ("auto", "synthetic_math", "math500", "generic")
+SYNTHETIC_NAME = "synthetic_math"
+MATH500_NAMES = ("math500", MATH500_HUB_ID)
+
+
+def _first_json_row(path: str) -> dict | None:
+    """First record of a JSON Lines or JSON-array file, or None if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            is_array = f.read(4096).lstrip().startswith("[")
+            f.seek(0)
+            if is_array:
+                rows = json.load(f)
+                first = rows[0] if rows else None
+            else:
+                first = json.loads(next(line for line in f if line.strip()))
+    except (OSError, ValueError, StopIteration):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return first if isinstance(first, dict) else None
+
+
+def resolve_format(dataset_name: str | None, dataset_format: str = "auto") -> str:
+    """The concrete format (`synthetic_math`, `math500` or `generic`) for a name and a possibly-`auto` format.
+
+    Raises `ValueError` for an unknown format or a missing name, `FileNotFoundError` for a missing local path.
+    """
+    if dataset_format not in DATASET_FORMATS:
+        raise ValueError(f"Unknown dataset_format {dataset_format!r}; valid formats: {', '.join(DATASET_FORMATS)}.")
+    if dataset_format == "synthetic_math" or (dataset_format == "auto" and dataset_name == SYNTHETIC_NAME):
+        return "synthetic_math"
+    if not dataset_name:
+        raise ValueError(f"dataset_name is required for dataset_format={dataset_format!r}.")
+    path = None if dataset_name in MATH500_NAMES else resolve_local(dataset_name)
+    if dataset_format != "auto":
+        return dataset_format
+    if dataset_name in MATH500_NAMES:
+        return "math500"
+    if path is not None and os.path.isfile(path) and path.lower().endswith((".jsonl", ".json")):
+        row = _first_json_row(path)
+        if row is not None and {"problem", "answer", "unique_id"} <= row.keys():
+            return "math500"
+    return "generic"
+
+
+def load_train_dataset(script_args: CaTScriptArguments) -> Dataset:
+    """Build the training prompts from `CaTScriptArguments`; cheap argument checks run before any loading."""
+    args = script_args
+    if args.dataset_max_samples is not None and args.dataset_max_samples <= 0:
+        raise ValueError(f"dataset_max_samples must be positive (or None for all rows), got {args.dataset_max_samples}")
+    if getattr(args, "dataset_streaming", False):
+        raise ValueError("dataset_streaming is not supported: CaT needs a map-style dataset.")
+    fmt = resolve_format(args.dataset_name, args.dataset_format)
+    common = {"instruction": args.prompt_instruction, "system_prompt": args.system_prompt}
+    if fmt == "synthetic_math":
+        dataset = load_synthetic_math(
+            args.synthetic_num_problems, args.synthetic_seed, args.synthetic_max_steps, **common
+        )
+    elif fmt == "math500":
+        source = MATH500_HUB_ID if args.dataset_name == "math500" else args.dataset_name
+        # The hub MATH-500 only has a `test` split; map the ScriptArguments default `train` onto it.
+        split = "test" if args.dataset_train_split == "train" else args.dataset_train_split
+        dataset = load_math500(source, split=split, **common)
+    else:
+        dataset = load_generic(
+            args.dataset_name,
+            args.dataset_config,
+            args.dataset_train_split,
+            args.dataset_prompt_column,
+            args.dataset_gold_column,
+            **common,
+        )
+    if args.prompt_fewshot:
+        add_fewshot([], args.prompt_fewshot)  # validates the count before touching the data
+        dataset = dataset.map(
+            lambda row: {"prompt": add_fewshot(row["prompt"], args.prompt_fewshot, args.prompt_instruction)}
+        )
+    if args.dataset_max_samples is not None:
+        dataset = dataset.shuffle(seed=args.dataset_shuffle_seed)
+        dataset = dataset.select(range(min(args.dataset_max_samples, len(dataset))))
+    return dataset

@@ -1,0 +1,121 @@
+"""Load any Hugging Face dataset id, local file or `save_to_disk` directory into the prompt contract.
+
+The gold column is optional and kept apart from the prompt (`gold_answer`): CaT trains without labels, so gold is
+only ever read by diagnostic metrics, never by a reward.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from cat_trl.data.prompts import DEFAULT_INSTRUCTION, build_messages, question_text
+
+__all__ = ["GOLD_COLUMN", "load_generic", "load_raw", "looks_like_local_path", "resolve_local", "to_contract"]
+
+GOLD_COLUMN = "gold_answer"  # diagnostic-only column; the trainer strips it before computing rewards
+ID_COLUMNS = ("id", "problem_id", "unique_id")
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True when `name` cannot be a hub id (`name` or `org/name`) and so must be an existing local path."""
+    if os.path.splitext(name)[1].lower() in BUILDERS:
+        return True
+    return name.startswith((".", "/", "~")) or not _HUB_ID.match(name.replace(os.sep, "/"))
+
+
+def resolve_local(name: str) -> str | None:
+    """The local path `name` points to, `None` for a hub id; `FileNotFoundError` for a missing local path."""
+    path = os.path.expanduser(name)
+    if os.path.exists(path):
+        return path
+    if looks_like_local_path(name):
+        raise FileNotFoundError(f"Dataset path {name!r} does not exist (and is not a Hugging Face Hub dataset id).")
+    return None
+
+
+def load_raw(name_or_path: str, config: str | None = None, split: str = "train") -> Dataset:
+    """Load the raw rows: a local file (builder chosen by extension), a `save_to_disk` directory, or a hub id.
+
+    A single local file has one split, so `split` is ignored for it.
+    """
+    path = resolve_local(name_or_path)
+    if path is None:
+        return load_dataset(name_or_path, config, split=split)
+    if os.path.isdir(path):
+        if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            data = load_from_disk(path)
+            if isinstance(data, DatasetDict):
+                if split not in data:
+                    raise ValueError(f"Split {split!r} not found in {path!r}; available: {sorted(data)}.")
+                data = data[split]
+            return data
+        return load_dataset(path, config, split=split)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in BUILDERS:
+        raise ValueError(f"Unsupported dataset file {path!r}: expected one of {sorted(BUILDERS)} or a directory.")
+    return load_dataset(BUILDERS[ext], data_files=path, split="train")
+
+
+def _problem_ids(dataset: Dataset) -> list[str]:
+    for column in ID_COLUMNS:
+        if column in dataset.column_names:
+            return [str(v) for v in dataset[column]]
+    return [str(i) for i in range(len(dataset))]
+
+
+def to_contract(
+    dataset: Dataset,
+    prompt_column: str,
+    gold_column: str | None,
+    instruction: str,
+    system_prompt: str | None,
+    source: str,
+    problem_ids: list[str] | None = None,
+) -> Dataset:
+    """Build the `prompt`/`question`/`problem_id`(/`gold_answer`) dataset; every other column is dropped."""
+    for column in (prompt_column, gold_column):
+        if column is not None and column not in dataset.column_names:
+            raise ValueError(
+                f"Column {column!r} not found in dataset {source!r}; available columns: {dataset.column_names}."
+            )
+    prompts, questions = [], []
+    for i, raw in enumerate(dataset[prompt_column]):
+        if raw is None or (isinstance(raw, str) and not raw.strip()) or (isinstance(raw, list) and not raw):
+            raise ValueError(f"Row {i} of dataset {source!r} has an empty {prompt_column!r}.")
+        try:
+            prompts.append(build_messages(raw, instruction, system_prompt))
+        except ValueError as err:
+            raise ValueError(f"Row {i} of dataset {source!r}, column {prompt_column!r}: {err}") from err
+        questions.append(question_text(raw))
+    columns: dict[str, Any] = {
+        "prompt": prompts,
+        "question": questions,
+        "problem_id": problem_ids if problem_ids is not None else _problem_ids(dataset),
+    }
+    if gold_column is not None:
+        # None stays None (unknown gold) rather than becoming the string "None".
+        columns[GOLD_COLUMN] = [None if g is None else str(g) for g in dataset[gold_column]]
+    return Dataset.from_dict(columns)
+
+
+def load_generic(
+    name_or_path: str,
+    config: str | None = None,
+    split: str = "train",
+    prompt_column: str = "prompt",
+    gold_column: str | None = None,
+    instruction: str = DEFAULT_INSTRUCTION,
+    system_prompt: str | None = None,
+) -> Dataset:
+    """Any dataset whose `prompt_column` holds a question string or a list of chat messages.
+
+    `problem_id` comes from an `id`/`problem_id`/`unique_id` column when present, else the row index.
+    """
+    dataset = load_raw(name_or_path, config, split)
+    return to_contract(dataset, prompt_column, gold_column, instruction, system_prompt, name_or_path)

@@ -1,0 +1,141 @@
+"""The engine interface: the one seam through which CaT talks to a language model that is not the policy being trained.
+
+The anchor (synthesis, rubric proposal), the judge and the test-time selection baselines all need the same two
+operations, whatever runs the model (transformers on the trainer's own weights, a colocated vLLM engine, an
+OpenAI-compatible server):
+
+* `generate`: a batch of chat conversations in, one completion each out, with sampling settings chosen per call
+  (synthesis samples like the policy; a yes/no judge decodes greedily with a handful of tokens).
+* `logprobs`: the per-token log-probabilities of given continuations (min-perplexity and mutual-predictability
+  selection, log-prob judging) -- one forward pass, no decoding.
+
+Callers always hand over *everything* a step needs in one call, so that an engine can batch, share prefixes and
+(for collective backends) keep ranks in lockstep.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Message = dict[str, Any]
+Conversation = list[Message]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Decoding settings of one engine call, backend-neutral.
+
+    `temperature == 0` means greedy decoding. `top_k == 0` and `top_p == 1.0` disable those filters (vLLM and
+    transformers conventions). `seed` makes a call reproducible on backends that support per-call seeds.
+    """
+
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Generation:
+    """One completion with the token counts needed for cost accounting."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" | "length"
+
+
+@dataclass
+class EngineStats:
+    """Cumulative cost counters; the trainer logs deltas per step."""
+
+    calls: int = 0
+    sequences: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "calls": self.calls,
+            "sequences": self.sequences,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": self.seconds,
+        }
+
+
+class Engine(ABC):
+    """A chat model that CaT can call. Subclasses: `TransformersEngine` (here), vLLM and OpenAI-compatible engines."""
+
+    #: short identifier recorded in logs and the run config (e.g. the served model name)
+    name: str = "engine"
+
+    def __init__(self):
+        self.stats = EngineStats()
+
+    @abstractmethod
+    def generate(
+        self,
+        conversations: list[Conversation],
+        sampling: SamplingSettings,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[Generation]:
+        """One completion per conversation, in order. The assistant turn is generated after the last message."""
+
+    def logprobs(
+        self,
+        conversations: list[Conversation],
+        continuations: list[str],
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[list[float]]:
+        """Log-probabilities of each continuation's tokens, as the assistant reply to its conversation."""
+        raise NotImplementedError(f"{type(self).__name__} does not provide token log-probabilities")
+
+    # --- token budget helpers (synthesis prompts hold G rollouts and must fit the context) ---------------------
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        """The model's context window in tokens, or None when unknown (no truncation is then applied)."""
+        return None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text`. The default is a conservative character heuristic for engines without a tokenizer."""
+        return max(1, len(text) // 3)
+
+    def truncate_tokens(self, text: str, max_tokens: int) -> str:
+        """`text` cut to at most `max_tokens` tokens, keeping its head and tail (the final answer sits at the end)."""
+        if max_tokens <= 0:
+            return ""
+        if self.count_tokens(text) <= max_tokens:
+            return text
+        keep = max(1, max_tokens * 3)
+        return _head_tail(text[: keep // 2], text[len(text) - (keep - keep // 2) :])
+
+
+TRUNCATION_MARK = "\n[... truncated ...]\n"
+
+
+def _head_tail(head: str, tail: str) -> str:
+    """Joins the kept head and tail of a truncated rollout with a visible marker, so the anchor knows text is missing."""
+    return head + TRUNCATION_MARK + tail

@@ -1,0 +1,248 @@
+"""Transformers engine: the anchor (or judge) runs with `model.generate` on weights already in the process.
+
+Three ways to get the frozen initial policy pi_0 without touching the trained weights:
+
+* `peft_base`  -- the PEFT policy with its adapter disabled (TRL's `use_adapter(model, None)`; a pretrained adapter
+  that TRL copied into a frozen `"ref"` adapter is used instead). No extra weight memory.
+* `ref_model`  -- TRL's own reference model, which exists when `beta > 0` without PEFT. No extra weight memory, but
+  only valid while `sync_ref_model` is off (otherwise it drifts towards the policy and stops being pi_0).
+* `copy`       -- a separately loaded frozen copy (full fine-tuning with `beta == 0`, or a different anchor model).
+
+The engine never holds the model itself for the first two: it holds a *provider*, a context manager factory that
+unwraps the distributed wrapper (DDP / ZeRO-3 gather) for the duration of one call, exactly as TRL does for its own
+generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from .base import Conversation, Engine, Generation, SamplingSettings, _head_tail
+
+ModelProvider = Callable[[], contextlib.AbstractContextManager[PreTrainedModel]]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """pi_0 is the initial policy *as a sampler*: dropout off, no autograd, training mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+class TransformersEngine(Engine):
+    """Batched chat generation and continuation log-probs with `transformers`.
+
+    Args:
+        model: a model, or a provider returning a context manager that yields the model for the duration of a call.
+        tokenizer: the model's tokenizer (with a chat template).
+        batch_size: sequences per `generate` micro-batch (bounds activation memory); None = the whole call at once.
+        max_context_tokens: context window; defaults to the config's `max_position_embeddings`.
+        name: recorded in logs.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | ModelProvider,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        batch_size: int | None = None,
+        max_context_tokens: int | None = None,
+        name: str | None = None,
+    ):
+        super().__init__()
+        if isinstance(model, torch.nn.Module):
+            frozen = model
+            self._provider: ModelProvider = lambda: contextlib.nullcontext(frozen)
+            config = getattr(model, "config", None)
+        else:
+            self._provider = model
+            config = None
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.batch_size = batch_size
+        if max_context_tokens is None and config is not None:
+            max_context_tokens = getattr(config, "max_position_embeddings", None)
+        self._max_context = max_context_tokens
+        self.name = name or (getattr(config, "_name_or_path", None) or "transformers")
+
+    # ---------------------------------------------------------------- construction helpers
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, *, dtype: str | torch.dtype = "auto", device: str | torch.device | None = None, **kwargs
+    ) -> TransformersEngine:
+        """A separately loaded, frozen copy (`copy` anchor mode)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if device is not None:
+            model.to(device)
+        model.eval().requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(model, tokenizer, name=kwargs.pop("name", path), **kwargs)
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        return self._max_context
+
+    @contextlib.contextmanager
+    def _model(self) -> Iterator[PreTrainedModel]:
+        with self._provider() as model, _eval_mode(model):
+            yield model
+
+    # ---------------------------------------------------------------- tokenisation
+
+    def _prompt_ids(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False, **(chat_template_kwargs or {})
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def truncate_tokens(self, text: str, max_tokens: int) -> str:
+        if max_tokens <= 0:
+            return ""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_tokens:
+            return text
+        head = max_tokens // 2
+        tail = max_tokens - head
+        decode = self.tokenizer.decode
+        return _head_tail(decode(ids[:head]), decode(ids[-tail:]) if tail else "")
+
+    def _eos_ids(self, model: PreTrainedModel) -> list[int]:
+        ids: set[int] = set()
+        for source in (model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if source is None:
+                continue
+            ids.update(source if isinstance(source, list) else [source])
+        return sorted(ids)
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(
+        self,
+        conversations: list[Conversation],
+        sampling: SamplingSettings,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[Generation]:
+        if not conversations:
+            return []
+        start = time.perf_counter()
+        prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
+        # Sort by length so each micro-batch pads little; results are put back in the caller's order.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        size = self.batch_size or len(prompts)
+        results: list[Generation | None] = [None] * len(prompts)
+        rng = torch.random.fork_rng(devices=[]) if sampling.seed is not None else contextlib.nullcontext()
+        with self._model() as model, rng:
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            eos = self._eos_ids(model)
+            config = self._generation_config(sampling, eos)
+            for b in range(0, len(order), size):
+                idx = order[b : b + size]
+                for i, gen in zip(idx, self._generate_batch(model, [prompts[i] for i in idx], config, eos)):
+                    results[i] = gen
+        self._account(results, time.perf_counter() - start)
+        return results  # type: ignore[return-value]
+
+    def _generation_config(self, sampling: SamplingSettings, eos: list[int]) -> GenerationConfig:
+        greedy = sampling.temperature == 0
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=not greedy,
+            eos_token_id=eos,
+            pad_token_id=self.tokenizer.pad_token_id,
+            repetition_penalty=sampling.repetition_penalty,
+        )
+        if not greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
+            if sampling.min_p is not None:
+                kwargs["min_p"] = sampling.min_p
+        if sampling.stop:
+            kwargs["stop_strings"] = list(sampling.stop)
+        return GenerationConfig(**kwargs)
+
+    def _generate_batch(
+        self, model: PreTrainedModel, prompts: list[list[int]], config: GenerationConfig, eos: list[int]
+    ) -> list[Generation]:
+        device = next(model.parameters()).device
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        extra = {"tokenizer": self.tokenizer} if config.stop_strings else {}
+        out = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra
+        )
+        generations = []
+        for prompt, row in zip(prompts, out[:, width:].tolist()):
+            stop_at = next((j for j, t in enumerate(row) if t in eos), None)
+            tokens = row if stop_at is None else row[:stop_at]
+            tokens = [t for t in tokens if t != pad] if stop_at is None else tokens
+            finish = "stop" if stop_at is not None or len(row) < config.max_new_tokens else "length"
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            generations.append(Generation(text, len(prompt), len(tokens), finish))
+        return generations
+
+    def _account(self, results, seconds: float) -> None:
+        self.stats.calls += 1
+        self.stats.sequences += len(results)
+        self.stats.prompt_tokens += sum(r.prompt_tokens for r in results)
+        self.stats.completion_tokens += sum(r.completion_tokens for r in results)
+        self.stats.seconds += seconds
+
+    # ---------------------------------------------------------------- log-probabilities
+
+    def logprobs(
+        self,
+        conversations: list[Conversation],
+        continuations: list[str],
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[list[float]]:
+        if len(conversations) != len(continuations):
+            raise ValueError(f"{len(conversations)} conversations but {len(continuations)} continuations")
+        if not conversations:
+            return []
+        start = time.perf_counter()
+        pairs = []
+        for conv, cont in zip(conversations, continuations):
+            prompt = self._prompt_ids(conv, chat_template_kwargs)
+            pairs.append((prompt, self.tokenizer(cont, add_special_tokens=False)["input_ids"]))
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        size = self.batch_size or len(pairs)
+        results: list[list[float]] = [[] for _ in pairs]
+        with self._model() as model:
+            device = next(model.parameters()).device
+            pad = self.tokenizer.pad_token_id
+            for b in range(0, len(order), size):
+                idx = order[b : b + size]
+                seqs = [pairs[i][0] + pairs[i][1] for i in idx]
+                width = max(len(s) for s in seqs)
+                ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+                mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
+                logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+                for row, i in enumerate(idx):
+                    p, c = len(pairs[i][0]), len(pairs[i][1])
+                    results[i] = logps[row, p - 1 : p - 1 + c].tolist()
+        self.stats.calls += 1
+        self.stats.sequences += len(pairs)
+        self.stats.prompt_tokens += sum(len(p) + len(c) for p, c in pairs)
+        self.stats.seconds += time.perf_counter() - start
+        return results

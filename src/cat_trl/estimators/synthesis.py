@@ -1,0 +1,139 @@
+"""CaT's reference estimator: the frozen anchor reads the G rollouts and writes one synthesized reference."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from ..answers import extract_boxed
+from ..engines.base import Engine, SamplingSettings
+from .base import Group, Reference, ReferenceEstimator
+from .prompts import MATH_SYNTHESIS_PROMPT, build_synthesis_prompt, unified_section, validate_template
+
+# Tokens the chat template wraps around one user message, plus slack for tokenizer merges at the seams.
+_TEMPLATE_SLACK = 32
+# A truncated rollout also carries the truncation marker.
+_MARK_TOKENS = 8
+
+
+def water_fill(lengths: list[int], budget: int) -> int | None:
+    """The largest per-rollout cap c with sum(min(l, c)) <= budget, or None when everything fits.
+
+    "Truncate evenly": short rollouts keep every token, and the long ones share what is left equally, so no single
+    verbose rollout can crowd the others out of the anchor's context.
+    """
+    if sum(lengths) <= budget:
+        return None
+    remaining, ordered = budget, sorted(lengths)
+    for i, length in enumerate(ordered):
+        share = remaining // (len(ordered) - i)
+        if length > share:
+            return max(share, 0)
+        remaining -= length
+    return None  # pragma: no cover - unreachable when sum(lengths) > budget
+
+
+class SynthesisEstimator(ReferenceEstimator):
+    """pi_0(. | p_syn, o_1..o_G): one engine call for all groups of the step.
+
+    Args:
+        engine: runs the anchor.
+        sampling: the anchor's decoding settings (the paper samples it like the policy).
+        template: synthesis prompt with `{responses}` (and `{question}` for the ablation).
+        include_question: show the question to the anchor (ablation; off in the paper).
+        max_context_tokens: the anchor's context window; defaults to the engine's. Rollouts that do not fit are
+            truncated evenly (head and tail kept) and counted in `diagnostics["truncated"]`.
+        extract_answer: final-answer extractor for verifiable tasks; None for open-ended ones.
+        chat_template_kwargs: passed to the anchor's chat template (e.g. `{"enable_thinking": False}` for Qwen3).
+    """
+
+    name = "synthesis"
+    uses_engine = True
+
+    def __init__(
+        self,
+        engine: Engine,
+        sampling: SamplingSettings,
+        *,
+        template: str = MATH_SYNTHESIS_PROMPT,
+        include_question: bool = False,
+        max_context_tokens: int | None = None,
+        extract_answer: Callable[[str], str | None] | None = extract_boxed,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ):
+        validate_template(template, include_question)
+        self.engine = engine
+        self.sampling = sampling
+        self.template = template
+        self.include_question = include_question
+        self.max_context_tokens = max_context_tokens or engine.max_context_tokens
+        self.extract_answer = extract_answer
+        self.chat_template_kwargs = chat_template_kwargs
+
+    def rollout_budget(self, question: str | None = None) -> int | None:
+        """Tokens left for the G rollouts once the template, the question and the anchor's output are reserved."""
+        if self.max_context_tokens is None:
+            return None
+        frame = build_synthesis_prompt(self.template, [], question or "", self.include_question)
+        overhead = self.engine.count_tokens(frame) + _TEMPLATE_SLACK + self.sampling.max_new_tokens
+        return self.max_context_tokens - overhead
+
+    def check_budget(self, num_generations: int, max_completion_length: int) -> dict[str, int | None]:
+        """Start-up report: can G rollouts of full length fit? Raises when not even a useful fraction fits."""
+        budget = self.rollout_budget()
+        if budget is None:
+            return {"budget": None, "per_rollout_cap": None}
+        per_rollout = budget // num_generations - _MARK_TOKENS
+        if per_rollout < 32:
+            raise ValueError(
+                f"The anchor's context ({self.max_context_tokens} tokens) leaves {budget} tokens for "
+                f"{num_generations} rollouts after reserving cat_anchor_max_new_tokens="
+                f"{self.sampling.max_new_tokens}: under 32 tokens per rollout. Raise cat_anchor_max_context (or the "
+                "engine's max model length), lower cat_anchor_max_new_tokens, or lower num_generations."
+            )
+        cap = None if num_generations * max_completion_length <= budget else per_rollout
+        return {"budget": budget, "per_rollout_cap": cap}
+
+    def _fit(self, group: Group) -> tuple[list[str], int]:
+        budget = self.rollout_budget(group.question if self.include_question else None)
+        if budget is None:
+            return group.completions, 0
+        lengths = [self.engine.count_tokens(c) for c in group.completions]
+        cap = water_fill(lengths, max(budget, 0))
+        if cap is None:
+            return group.completions, 0
+        keep = max(cap - _MARK_TOKENS, 1)
+        fitted = [c if n <= cap else self.engine.truncate_tokens(c, keep) for c, n in zip(group.completions, lengths)]
+        return fitted, sum(n > cap for n in lengths)
+
+    def estimate(self, groups: list[Group]) -> list[Reference]:
+        prompts, truncated = [], []
+        for group in groups:
+            completions, n_truncated = self._fit(group)
+            prompts.append(build_synthesis_prompt(self.template, completions, group.question, self.include_question))
+            truncated.append(n_truncated)
+        outputs = self.engine.generate(
+            [[{"role": "user", "content": p}] for p in prompts], self.sampling, self.chat_template_kwargs
+        )
+        references = []
+        for prompt, n_truncated, out in zip(prompts, truncated, outputs):
+            text = unified_section(out.text)
+            answer = self.extract_answer(text) if self.extract_answer is not None else None
+            references.append(
+                Reference(
+                    text=text,
+                    answer=answer,
+                    diagnostics={
+                        "truncated": n_truncated,
+                        "parse_failed": self.extract_answer is not None and answer is None,
+                        "anchor_prompt": prompt,
+                        "anchor_output": out.text,
+                        "anchor_prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+                        "anchor_prompt_tokens": out.prompt_tokens,
+                        "anchor_completion_tokens": out.completion_tokens,
+                        "anchor_finish_reason": out.finish_reason,
+                    },
+                )
+            )
+        return references

