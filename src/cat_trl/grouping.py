@@ -108,6 +108,8 @@ def estimate_all(estimator: ReferenceEstimator, groups: list[Group]) -> list[Ref
     local = estimator.estimate([groups[g] for g in mine])
     if len(local) != len(mine):
         raise RuntimeError(f"{type(estimator).__name__} returned {len(local)} references for {len(mine)} groups")
+    for ref in local:
+        ref.diagnostics.setdefault("rank", rank)
     pairs = gather_all(list(zip(mine, local)))
     references: list[Reference | None] = [None] * len(groups)
     for g, ref in pairs:

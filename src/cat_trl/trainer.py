@@ -159,6 +159,7 @@ class CaTGRPOTrainer(GRPOTrainer):
                     "reference_answer": ref.answer,
                     "rewards": [None if math.isnan(r) else r for r in total[g * G : (g + 1) * G]],
                     "truncated": d.truncated,
+                    "estimated_on_rank": ref.diagnostics.get("rank"),
                     "anchor_prompt": ref.diagnostics.get("anchor_prompt"),
                 }
                 if d.gold is not None:
