@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from .answers import AnswerMatcher
 from .engines.base import Engine, SamplingSettings
 from .estimators import MajorityEstimator, ReferenceEstimator, SynthesisEstimator
+from .extraction import get_extractor
 
 if TYPE_CHECKING:
     from trl import GRPOTrainer
@@ -106,8 +107,9 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
 
 
 def build_estimator(args, engine: Engine | None, matcher: AnswerMatcher) -> ReferenceEstimator:
+    extract = get_extractor(args.cat_answer_extraction)
     if args.cat_estimator == "majority":
-        return MajorityEstimator(matcher)
+        return MajorityEstimator(matcher, extract)
     if engine is None:
         raise ValueError("cat_estimator=synthesis needs an anchor engine")
     return SynthesisEstimator(
@@ -117,4 +119,5 @@ def build_estimator(args, engine: Engine | None, matcher: AnswerMatcher) -> Refe
         include_question=args.cat_include_question,
         max_context_tokens=args.cat_anchor_max_context,
         chat_template_kwargs=args.chat_template_kwargs,
+        extract_answer=extract,
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .estimators.prompts import MATH_SYNTHESIS_PROMPT, validate_template
+from .extraction import EXTRACTIONS
 
 ESTIMATORS = ("synthesis", "majority")
 ANCHOR_ENGINES = ("transformers",)
@@ -80,6 +81,11 @@ class CaTGRPOConfig(GRPOConfig):
         metadata={"help": "Answer matching: `string` (normalised equality, the paper's) or `equivalent` "
         "(symmetric math-verify)."},
     )
+    cat_answer_extraction: str = field(
+        default="boxed",
+        metadata={"help": "Final-answer extraction for rollouts and references: `boxed` (last \\boxed{}, the "
+        "paper's) or `boxed_or_final` (fall back to the text after 'final answer is')."},
+    )
     cat_match_timeout: float = field(default=5.0, metadata={"help": "math-verify timeout (s) per comparison."})
     cat_gold_column: str = field(
         default="gold_answer",
@@ -97,6 +103,7 @@ class CaTGRPOConfig(GRPOConfig):
         _choice("cat_anchor_engine", self.cat_anchor_engine, ANCHOR_ENGINES)
         _choice("cat_anchor_weights", self.cat_anchor_weights, ANCHOR_WEIGHTS)
         _choice("cat_match", self.cat_match, MATCH_MODES)
+        _choice("cat_answer_extraction", self.cat_answer_extraction, EXTRACTIONS)
         validate_template(self.synthesis_template, self.cat_include_question)
         if self.cat_anchor_max_new_tokens < 1:
             raise ValueError(f"cat_anchor_max_new_tokens must be >= 1, got {self.cat_anchor_max_new_tokens}")

@@ -10,6 +10,7 @@ right where every rollout is wrong.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .answers import AnswerMatcher, extract_boxed, majority_answer
@@ -34,8 +35,14 @@ class GroupDiagnostics:
     reward_agrees_with_gold: list[bool] | None = None
 
 
-def analyse_group(group: Group, reference: Reference, matcher: AnswerMatcher, gold: str | None) -> GroupDiagnostics:
-    answers = [extract_boxed(c) for c in group.completions]
+def analyse_group(
+    group: Group,
+    reference: Reference,
+    matcher: AnswerMatcher,
+    gold: str | None,
+    extract: Callable[[str], str | None] = extract_boxed,
+) -> GroupDiagnostics:
+    answers = [extract(c) for c in group.completions]
     majority, size, _ = majority_answer(answers, matcher)
     ref = reference.answer
     d = GroupDiagnostics(

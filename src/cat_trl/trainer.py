@@ -27,6 +27,7 @@ from .answers import AnswerMatcher
 from .config import CaTGRPOConfig
 from .engines.base import Engine
 from .estimators.base import ReferenceEstimator
+from .extraction import get_extractor
 from .grouping import estimate_all, gather_all, gather_groups, local_references
 from .metrics import aggregate, analyse_group
 from .rewards.verifiable import CaTMathReward
@@ -72,9 +73,10 @@ class CaTGRPOTrainer(GRPOTrainer):
         elif not isinstance(args, CaTGRPOConfig):
             raise TypeError(f"CaTGRPOTrainer needs a CaTGRPOConfig, got {type(args).__name__}")
         if reward_funcs is None:
-            reward_funcs = [CaTMathReward(args.cat_match, args.cat_match_timeout)]
+            reward_funcs = [CaTMathReward(args.cat_match, args.cat_match_timeout, args.cat_answer_extraction)]
         super().__init__(model, reward_funcs, args, *pos, **kwargs)
         self.cat_matcher = AnswerMatcher(args.cat_match, args.cat_match_timeout)
+        self.cat_extract = get_extractor(args.cat_answer_extraction)
         self.cat_anchor_source = "n/a"
         if estimator is None and args.cat_estimator == "synthesis" and anchor_engine is None:
             anchor_engine, self.cat_anchor_source = build_anchor_engine(self, anchor_model_name_or_path)
@@ -124,7 +126,7 @@ class CaTGRPOTrainer(GRPOTrainer):
             golds_all = gather_all(local_gold)
             golds = [golds_all[g * batch.num_generations] for g in range(len(batch.groups))]
         diags = [
-            analyse_group(group, ref, self.cat_matcher, None if golds is None else golds[g])
+            analyse_group(group, ref, self.cat_matcher, None if golds is None else golds[g], self.cat_extract)
             for g, (group, ref) in enumerate(zip(batch.groups, references))
         ]
         verifiable = getattr(self.cat_estimator, "extract_answer", True) is not None

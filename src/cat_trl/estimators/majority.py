@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..answers import AnswerMatcher, extract_boxed, majority_answer
 from .base import Group, Reference, ReferenceEstimator
 
@@ -15,13 +17,14 @@ class MajorityEstimator(ReferenceEstimator):
     name = "majority"
     uses_engine = False
 
-    def __init__(self, matcher: AnswerMatcher | None = None):
+    def __init__(self, matcher: AnswerMatcher | None = None, extract: Callable[[str], str | None] = extract_boxed):
         self.matcher = matcher or AnswerMatcher("string")
+        self.extract_answer = extract
 
     def estimate(self, groups: list[Group]) -> list[Reference]:
         references = []
         for group in groups:
-            answers = [extract_boxed(c) for c in group.completions]
+            answers = [self.extract_answer(c) for c in group.completions]
             answer, size, clusters = majority_answer(answers, self.matcher)
             references.append(
                 Reference(

@@ -26,7 +26,7 @@ class CaTSynthesisMathReward:
             first call (the initial policy: pass the same path as the policy's `model_name_or_path`).
         anchor_model: path or hub id of pi_0, used when `engine` is None.
         estimator: `"synthesis"` (CaT) or `"majority"` (TTRL-style, no anchor).
-        match: answer matching, see `CaTMathReward`.
+        match / extraction: answer matching and extraction, see `CaTMathReward`.
         anchor_max_new_tokens / anchor_temperature / anchor_top_p / anchor_top_k: the anchor's sampling.
         include_question: show the question to the anchor (ablation).
 
@@ -34,7 +34,7 @@ class CaTSynthesisMathReward:
 
     With `trl grpo --reward_funcs cat_trl.rewards.cat_synthesis_math_reward`, configure the module-level instance
     through environment variables (YAML `env:` block): `CAT_NUM_GENERATIONS` (required), `CAT_ANCHOR_MODEL`
-    (required for synthesis), `CAT_ESTIMATOR`, `CAT_MATCH`, `CAT_ANCHOR_MAX_NEW_TOKENS`, `CAT_ANCHOR_TEMPERATURE`.
+    (required for synthesis), `CAT_ESTIMATOR`, `CAT_MATCH`, `CAT_ANSWER_EXTRACTION`, `CAT_ANCHOR_MAX_NEW_TOKENS`, `CAT_ANCHOR_TEMPERATURE`.
     """
 
     __name__ = "cat_synthesis_math_reward"
@@ -52,6 +52,7 @@ class CaTSynthesisMathReward:
         anchor_top_p: float = 1.0,
         anchor_top_k: int = 0,
         include_question: bool = False,
+        extraction: str = "boxed",
         from_env: bool = False,
     ):
         self.from_env = from_env
@@ -63,7 +64,7 @@ class CaTSynthesisMathReward:
             max_new_tokens=anchor_max_new_tokens, temperature=anchor_temperature, top_p=anchor_top_p, top_k=anchor_top_k
         )
         self.include_question = include_question
-        self.reward = CaTMathReward(match)
+        self.reward = CaTMathReward(match, extraction=extraction)
         self._estimator: ReferenceEstimator | None = None
         if not from_env:
             self._validate()
@@ -86,7 +87,9 @@ class CaTSynthesisMathReward:
         self.num_generations = int(env["CAT_NUM_GENERATIONS"])
         self.anchor_model = env.get("CAT_ANCHOR_MODEL", self.anchor_model)
         self.estimator_name = env.get("CAT_ESTIMATOR", self.estimator_name)
-        self.reward = CaTMathReward(env.get("CAT_MATCH", "string"))
+        self.reward = CaTMathReward(
+            env.get("CAT_MATCH", "string"), extraction=env.get("CAT_ANSWER_EXTRACTION", "boxed")
+        )
         self.sampling = SamplingSettings(
             max_new_tokens=int(env.get("CAT_ANCHOR_MAX_NEW_TOKENS", self.sampling.max_new_tokens)),
             temperature=float(env.get("CAT_ANCHOR_TEMPERATURE", self.sampling.temperature)),
@@ -98,7 +101,7 @@ class CaTSynthesisMathReward:
 
     def _build_estimator(self) -> ReferenceEstimator:
         if self.estimator_name == "majority":
-            return MajorityEstimator(self.reward.matcher)
+            return MajorityEstimator(self.reward.matcher, self.reward.extract)
         if self.engine is None:
             from accelerate import PartialState
 
@@ -108,7 +111,9 @@ class CaTSynthesisMathReward:
             self.engine = TransformersEngine.from_pretrained(
                 resolve_model_path(self.anchor_model), device=PartialState().device
             )
-        return SynthesisEstimator(self.engine, self.sampling, include_question=self.include_question)
+        return SynthesisEstimator(
+            self.engine, self.sampling, include_question=self.include_question, extract_answer=self.reward.extract
+        )
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         if self.from_env:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..answers import AnswerMatcher, extract_boxed
+from ..answers import AnswerMatcher
+from ..extraction import get_extractor
 from ..grouping import completion_text
 
 
@@ -22,12 +23,14 @@ class CaTMathReward:
     Args:
         match: `"string"` (normalised string equality, the paper's choice) or `"equivalent"` (symmetric math-verify).
         timeout: per-comparison math-verify timeout in seconds (`equivalent` mode).
+        extraction: `"boxed"` (the paper's) or `"boxed_or_final"` (fall back to "final answer is ...").
     """
 
     __name__ = "cat_math_reward"
 
-    def __init__(self, match: str = "string", timeout: float | None = 5.0):
+    def __init__(self, match: str = "string", timeout: float | None = 5.0, extraction: str = "boxed"):
         self.matcher = AnswerMatcher(match, timeout)
+        self.extract = get_extractor(extraction)
 
     def __call__(
         self,
@@ -47,12 +50,12 @@ class CaTMathReward:
         rewards: list[float | None] = []
         for completion, reference in zip(completions, cat_reference):
             if reference not in reference_answers:
-                reference_answers[reference] = extract_boxed(reference) if isinstance(reference, str) else None
+                reference_answers[reference] = self.extract(reference) if isinstance(reference, str) else None
             target = reference_answers[reference]
             if target is None:
                 rewards.append(None)
                 continue
-            answer = extract_boxed(completion_text(completion))
+            answer = self.extract(completion_text(completion))
             rewards.append(1.0 if answer is not None and self.matcher.match(answer, target) else 0.0)
         if log_metric is not None and rewards:
             log_metric("cat/reward_unparseable_reference", sum(r is None for r in rewards) / len(rewards))

@@ -1,0 +1,45 @@
+"""Final-answer extraction strategies, chosen once per run and shared by rewards, estimators and metrics.
+
+`boxed` is the paper's: the last `\\boxed{}` (regex + string matching, App. F). `boxed_or_final` falls back to the
+text after the last "final answer is" when there is no box -- small models (and small anchors) often write
+"The final answer is 10." without boxing it. Rollouts and references always go through the same extractor, so a
+run never compares answers extracted two different ways.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from .answers import extract_boxed
+
+EXTRACTIONS = ("boxed", "boxed_or_final")
+
+_FINAL = re.compile(r"final answer is\s*:?", re.IGNORECASE)
+_TRAILER = re.compile(r"\s*(?:\.|I hope it is correct\.?)*\s*$", re.IGNORECASE)
+
+
+def extract_final_phrase(text) -> str | None:
+    """The rest of the line after the last "final answer is", without `$` and trailing punctuation."""
+    if not isinstance(text, str):
+        return None
+    matches = list(_FINAL.finditer(text))
+    if not matches:
+        return None
+    line = text[matches[-1].end() :].split("\n", 1)[0]
+    line = line.replace("$", "").strip()
+    line = _TRAILER.sub("", line).strip().rstrip(".").strip()
+    return line or None
+
+
+def extract_boxed_or_final(text) -> str | None:
+    boxed = extract_boxed(text)
+    return boxed if boxed is not None else extract_final_phrase(text)
+
+
+def get_extractor(name: str) -> Callable[[str], str | None]:
+    if name == "boxed":
+        return extract_boxed
+    if name == "boxed_or_final":
+        return extract_boxed_or_final
+    raise ValueError(f"answer extraction {name!r} is not one of {', '.join(map(repr, EXTRACTIONS))}")
