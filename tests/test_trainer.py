@@ -250,3 +250,18 @@ def test_vanilla_grpo_trainer_with_self_contained_reward(tmp_path, tiny_model_pa
 def test_default_tokenizer_pad_and_chat_template(tiny_model_path):
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     assert tok.pad_token_id is not None and tok.chat_template
+
+
+def test_plain_trl_example_runs(tmp_path, tiny_model_path, repo_root):
+    """The README's plain-TRL example, on the tiny model."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "examples" / "plain_trl.py"), "--model", tiny_model_path,
+         "--max_steps", "1", "--output_dir", str(tmp_path / "plain")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CaT reward per step:" in proc.stdout
+    assert list((tmp_path / "plain" / "completions").glob("*.parquet"))

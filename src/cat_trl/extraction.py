@@ -33,8 +33,12 @@ def extract_final_phrase(text) -> str | None:
 
 
 def extract_boxed_or_final(text) -> str | None:
+    """The boxed answer; the "final answer is" phrase only when the text has no box at all (an empty or unclosed
+    box is a malformed answer, not an invitation to read the phrase around it)."""
     boxed = extract_boxed(text)
-    return boxed if boxed is not None else extract_final_phrase(text)
+    if boxed is not None or not isinstance(text, str) or "\\boxed" in text or "\\fbox" in text:
+        return boxed
+    return extract_final_phrase(text)
 
 
 def get_extractor(name: str) -> Callable[[str], str | None]:

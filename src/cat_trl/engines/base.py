@@ -49,6 +49,10 @@ class SamplingSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +126,10 @@ class Engine(ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens in `text`. The default is a conservative character heuristic for engines without a tokenizer."""
         return max(1, len(text) // 3)
+
+    def count_chat_tokens(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None = None) -> int:
+        """Tokens of `conversation` rendered as a prompt (chat template and generation prompt included)."""
+        return sum(self.count_tokens(str(m.get("content", ""))) + 8 for m in conversation) + 8
 
     def truncate_tokens(self, text: str, max_tokens: int) -> str:
         """`text` cut to at most `max_tokens` tokens, keeping its head and tail (the final answer sits at the end)."""

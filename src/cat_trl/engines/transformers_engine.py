@@ -148,10 +148,7 @@ class TransformersEngine(Engine):
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         size = self.batch_size or len(prompts)
         results: list[Generation | None] = [None] * len(prompts)
-        rng = torch.random.fork_rng(devices=[]) if sampling.seed is not None else contextlib.nullcontext()
-        with self._model() as model, rng:
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
+        with self._model() as model, self._seeded(model, sampling.seed):
             eos = self._eos_ids(model)
             config = self._generation_config(sampling, eos)
             for b in range(0, len(order), size):
@@ -160,6 +157,20 @@ class TransformersEngine(Engine):
                     results[i] = gen
         self._account(results, time.perf_counter() - start)
         return results  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def _seeded(self, model: PreTrainedModel, seed: int | None) -> Iterator[None]:
+        """Seeds this call only: the policy's RNG streams (CPU and the model's GPU) are restored afterwards."""
+        if seed is None:
+            yield
+            return
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+
+    def count_chat_tokens(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None = None) -> int:
+        return len(self._prompt_ids(conversation, chat_template_kwargs))
 
     def _generation_config(self, sampling: SamplingSettings, eos: list[int]) -> GenerationConfig:
         greedy = sampling.temperature == 0

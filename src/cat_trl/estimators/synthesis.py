@@ -11,8 +11,8 @@ from ..engines.base import Engine, SamplingSettings
 from .base import Group, Reference, ReferenceEstimator
 from .prompts import MATH_SYNTHESIS_PROMPT, build_synthesis_prompt, unified_section, validate_template
 
-# Tokens the chat template wraps around one user message, plus slack for tokenizer merges at the seams.
-_TEMPLATE_SLACK = 32
+# Slack for tokenizer merges at the seams between the frame and the inserted rollouts.
+_TEMPLATE_SLACK = 8
 # A truncated rollout also carries the truncation marker.
 _MARK_TOKENS = 8
 
@@ -71,17 +71,19 @@ class SynthesisEstimator(ReferenceEstimator):
         self.extract_answer = extract_answer
         self.chat_template_kwargs = chat_template_kwargs
 
-    def rollout_budget(self, question: str | None = None) -> int | None:
-        """Tokens left for the G rollouts once the template, the question and the anchor's output are reserved."""
+    def rollout_budget(self, num_rollouts: int, question: str | None = None) -> int | None:
+        """Tokens left for the rollouts' text once everything else in the anchor's context is reserved: the chat
+        template, the synthesis template, the per-response headers, the question (ablation) and the output."""
         if self.max_context_tokens is None:
             return None
-        frame = build_synthesis_prompt(self.template, [], question or "", self.include_question)
-        overhead = self.engine.count_tokens(frame) + _TEMPLATE_SLACK + self.sampling.max_new_tokens
+        frame = build_synthesis_prompt(self.template, [""] * num_rollouts, question or "", self.include_question)
+        framed = self.engine.count_chat_tokens([{"role": "user", "content": frame}], self.chat_template_kwargs)
+        overhead = framed + _TEMPLATE_SLACK + self.sampling.max_new_tokens
         return self.max_context_tokens - overhead
 
     def check_budget(self, num_generations: int, max_completion_length: int) -> dict[str, int | None]:
         """Start-up report: can G rollouts of full length fit? Raises when not even a useful fraction fits."""
-        budget = self.rollout_budget()
+        budget = self.rollout_budget(num_generations)
         if budget is None:
             return {"budget": None, "per_rollout_cap": None}
         per_rollout = budget // num_generations - _MARK_TOKENS
@@ -96,9 +98,14 @@ class SynthesisEstimator(ReferenceEstimator):
         return {"budget": budget, "per_rollout_cap": cap}
 
     def _fit(self, group: Group) -> tuple[list[str], int]:
-        budget = self.rollout_budget(group.question if self.include_question else None)
+        budget = self.rollout_budget(len(group.completions), group.question if self.include_question else None)
         if budget is None:
             return group.completions, 0
+        if budget < len(group.completions) * (_MARK_TOKENS + 1):
+            raise ValueError(
+                f"The anchor's context ({self.max_context_tokens} tokens) has no room for the rollouts "
+                f"({budget} tokens left after the prompt frame and {self.sampling.max_new_tokens} output tokens)."
+            )
         lengths = [self.engine.count_tokens(c) for c in group.completions]
         cap = water_fill(lengths, max(budget, 0))
         if cap is None:

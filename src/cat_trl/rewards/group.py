@@ -103,6 +103,11 @@ class CaTSynthesisMathReward:
         if self.estimator_name == "majority":
             return MajorityEstimator(self.reward.matcher, self.reward.extract)
         if self.engine is None:
+            if not self.anchor_model:
+                raise ValueError(
+                    "CaTSynthesisMathReward has no anchor: its engine is not carried through pickling/copying. "
+                    "Construct it with anchor_model=<path of pi_0> so it can reload the anchor, or pass engine= again."
+                )
             from accelerate import PartialState
 
             from ..engines.transformers_engine import TransformersEngine
