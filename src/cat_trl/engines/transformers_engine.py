@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
 from .base import Conversation, Engine, Generation, SamplingSettings, _head_tail
 
@@ -38,6 +38,28 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             yield model
     finally:
         model.train(was_training)
+
+
+class _StopOnGeneratedText(StoppingCriteria):
+    """Stop strings matched on the *generated* text only (as vLLM and OpenAI servers do); transformers' own
+    `stop_strings` also match across the end of the prompt."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_width: int):
+        self.tokenizer, self.stops, self.width = tokenizer, stops, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+
+
+def _cut_at_stop(tokenizer, tokens: list[int], stops: tuple[str, ...]) -> list[int] | None:
+    """The shortest token prefix whose text contains a stop string, or None."""
+    if not stops or not any(s in tokenizer.decode(tokens, skip_special_tokens=True) for s in stops):
+        return None
+    for n in range(1, len(tokens) + 1):
+        if any(s in tokenizer.decode(tokens[:n], skip_special_tokens=True) for s in stops):
+            return tokens[:n]
+    return None
 
 
 class TransformersEngine(Engine):
@@ -153,7 +175,8 @@ class TransformersEngine(Engine):
             config = self._generation_config(sampling, eos)
             for b in range(0, len(order), size):
                 idx = order[b : b + size]
-                for i, gen in zip(idx, self._generate_batch(model, [prompts[i] for i in idx], config, eos)):
+                batch = [prompts[i] for i in idx]
+                for i, gen in zip(idx, self._generate_batch(model, batch, config, eos, sampling.stop)):
                     results[i] = gen
         self._account(results, time.perf_counter() - start)
         return results  # type: ignore[return-value]
@@ -185,21 +208,24 @@ class TransformersEngine(Engine):
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
             if sampling.min_p is not None:
                 kwargs["min_p"] = sampling.min_p
-        if sampling.stop:
-            kwargs["stop_strings"] = list(sampling.stop)
         return GenerationConfig(**kwargs)
 
     def _generate_batch(
-        self, model: PreTrainedModel, prompts: list[list[int]], config: GenerationConfig, eos: list[int]
+        self,
+        model: PreTrainedModel,
+        prompts: list[list[int]],
+        config: GenerationConfig,
+        eos: list[int],
+        stops: tuple[str, ...] = (),
     ) -> list[Generation]:
         device = next(model.parameters()).device
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        extra = {"tokenizer": self.tokenizer} if config.stop_strings else {}
+        criteria = [_StopOnGeneratedText(self.tokenizer, stops, width)] if stops else None
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=config, stopping_criteria=criteria
         )
         generations = []
         for prompt, row in zip(prompts, out[:, width:].tolist()):
@@ -207,6 +233,9 @@ class TransformersEngine(Engine):
             tokens = row if stop_at is None else row[:stop_at]
             tokens = [t for t in tokens if t != pad] if stop_at is None else tokens
             finish = "stop" if stop_at is not None or len(row) < config.max_new_tokens else "length"
+            stopped = _cut_at_stop(self.tokenizer, tokens, stops)
+            if stopped is not None:
+                tokens, finish = stopped, "stop"
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             generations.append(Generation(text, len(prompt), len(tokens), finish))
         return generations
