@@ -183,13 +183,15 @@ def test_peft_base_anchor_is_initial_policy_without_extra_weights(tmp_path, tiny
 
 def test_ref_model_anchor_reuses_trl_reference_model(tmp_path, tiny_model_path):
     trainer = CaTGRPOTrainer(
-        model=tiny_model_path, args=_config(tmp_path, beta=0.04), train_dataset=_dataset()
+        model=tiny_model_path, args=_config(tmp_path, beta=0.04, cat_anchor_seed=7), train_dataset=_dataset()
     )
     assert trainer.cat_anchor_source == "ref_model"
     with trainer.cat_engine._model() as anchor_model:
         assert anchor_model is trainer.accelerator.unwrap_model(trainer.ref_model)
+    assert trainer.cat_estimator.sampling.seed is None
     trainer.train()
     assert trainer.state.global_step == 1
+    assert trainer.cat_estimator.sampling.seed == 7  # cat_anchor_seed + 100003 * step(0) + rank(0)
 
 
 def test_ref_model_anchor_refused_with_sync_ref_model(tmp_path):

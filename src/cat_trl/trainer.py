@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -98,6 +99,10 @@ class CaTGRPOTrainer(GRPOTrainer):
         start = time.perf_counter()
 
         batch = gather_groups(prompts, completions, num_generations)
+        if self.args.cat_anchor_seed is not None and hasattr(self.cat_estimator, "sampling"):
+            # Reproducible yet step- and rank-dependent: the same run re-synthesizes the same references.
+            seed = self.args.cat_anchor_seed + 100_003 * self.state.global_step + self.accelerator.process_index
+            self.cat_estimator.sampling = replace(self.cat_estimator.sampling, seed=seed)
         stats_before = self.cat_engine.stats.snapshot() if self.cat_engine is not None else None
         references = estimate_all(self.cat_estimator, batch.groups)
         anchor_seconds = time.perf_counter() - start
