@@ -31,3 +31,8 @@ def test_quickstart_trains_and_reports(tmp_path, embedded_model_path, repo_root)
     # W&B ran offline and wrote its run files.
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
+    # ...including the per-group table (prompt, G completions, reference, rewards) at every logging step.
+    tables = sorted(runs[0].glob("files/media/table/cat/groups_*.table.json"))
+    assert len(tables) == 10
+    table = json.loads(tables[-1].read_text())
+    assert {"prompt", "completions", "reference", "rewards"} <= set(table["columns"]) and len(table["data"]) == 2
