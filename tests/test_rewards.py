@@ -317,3 +317,17 @@ def test_unpickled_engine_only_reward_fails_with_a_clear_error(monkeypatch):
     copy = pickle.loads(pickle.dumps(reward))
     with pytest.raises(ValueError, match="anchor"):
         copy(["p", "p"], ["\\boxed{1}", "\\boxed{2}"])
+
+
+def test_final_phrase_extraction_is_linear_on_long_dot_runs():
+    import time
+
+    from cat_trl.extraction import extract_final_phrase
+
+    text = "The final answer is 7" + "." * 50_000 + "x"
+    start = time.perf_counter()
+    assert extract_final_phrase(text).startswith("7")
+    assert time.perf_counter() - start < 1.0  # the old regex took minutes here
+    assert extract_final_phrase("The final answer is: $12$. I hope it is correct.") == "12"
+    assert extract_final_phrase("The final answer is 3.5. I hope it is correct. ...") == "3.5"
+    assert extract_final_phrase("The final answer is ...") is None

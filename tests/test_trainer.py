@@ -267,3 +267,50 @@ def test_plain_trl_example_runs(tmp_path, tiny_model_path, repo_root):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CaT reward per step:" in proc.stdout
     assert list((tmp_path / "plain" / "completions").glob("*.parquet"))
+
+
+def test_pretrained_adapter_is_part_of_the_anchor_even_with_beta_zero(tmp_path, tiny_model_path):
+    """A `PeftModel` passed in carries a trained adapter: pi_0 is base + adapter, so the anchor must not be the bare
+    base. TRL keeps a frozen copy only when beta > 0; CaT adds it at beta == 0."""
+    from peft import LoraConfig, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    model = get_peft_model(
+        base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    initial = TransformersEngine(model, AutoTokenizer.from_pretrained(tiny_model_path))
+    prompt = "Add 2 and 3."
+    initial_text = _greedy(initial, prompt)
+    with model.disable_adapter():
+        bare_text = _greedy(initial, prompt)
+    assert initial_text != bare_text  # the adapter matters, so the check below can fail
+
+    trainer = CaTGRPOTrainer(model=model, args=_config(tmp_path, learning_rate=5e-2), train_dataset=_dataset())
+    assert trainer.cat_anchor_source == "peft_base"
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    assert "ref" in unwrapped.peft_config
+    assert not any(p.requires_grad for n, p in unwrapped.named_parameters() if ".ref." in n)
+    trainer.train()
+    assert _greedy(trainer.cat_engine, prompt) == initial_text
+
+
+def test_loader_gold_column_is_hidden_even_when_cat_gold_column_is_renamed(tmp_path, tiny_model_path):
+    spy = _Spy()
+    dataset = _dataset().map(lambda r: {"label": r["gold_answer"]})
+    trainer = CaTGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=[CaTMathReward(), spy],
+        args=_config(tmp_path, cat_gold_column="label", cat_estimator="majority"),
+        train_dataset=dataset,
+    )
+    trainer.train()
+    assert spy.calls and all("gold_answer" not in c and "label" not in c for c in spy.calls)
+
+
+def test_resume_forgets_group_rows_written_after_the_checkpoint(tmp_path):
+    from cat_trl.trainer import _drop_rows_after
+
+    path = tmp_path / "cat_groups.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "group": 0}) + "\n" for s in (0, 1, 2, 3)) + '{"step": 4, "gr')
+    _drop_rows_after(str(path), 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1]

@@ -38,6 +38,37 @@ def resolve_anchor_weights(requested: str, *, is_peft: bool, has_ref_model: bool
     return requested
 
 
+def freeze_initial_adapter(model) -> bool:
+    """Keeps a frozen copy of a *pre-trained* adapter as pi_0 when TRL does not (it only does when beta > 0).
+
+    With a `PeftModel` passed in, "adapters off" is the base model, not the initial policy (base + adapter). TRL adds
+    a frozen "ref" copy of the adapter only when beta > 0; CaT needs pi_0 regardless, so it adds the same copy (a few
+    MB) itself. Returns whether a copy was added."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel) or "ref" in model.peft_config:
+        return False
+    default = model.peft_config.get("default")
+    if default is None:
+        raise ValueError(
+            "CaT's peft_base anchor needs the pre-trained adapter to be named 'default' (found "
+            f"{sorted(model.peft_config)}); or use cat_anchor_weights: copy with the merged initial checkpoint."
+        )
+    try:
+        model.add_adapter("ref", default)
+    except Exception as err:  # e.g. peft#3340 (target_parameters, PEFT < 0.20)
+        raise ValueError(
+            f"Could not add a frozen copy of the pre-trained adapter as the anchor ({err}). Use cat_anchor_weights: "
+            "copy with cat_anchor_model_name_or_path pointing at the merged initial checkpoint."
+        ) from err
+    for name, param in model.named_parameters():
+        if ".ref." in name:
+            param.requires_grad_(False)
+            param.data.copy_(model.get_parameter(name.replace(".ref.", ".default.")).data)
+    model.set_adapter("default")
+    return True
+
+
 def anchor_sampling(args) -> SamplingSettings:
     """The anchor samples like the policy unless `cat_anchor_*` overrides are set (the paper's setting)."""
     pick = lambda override, default: default if override is None else override  # noqa: E731
@@ -75,7 +106,12 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
 
         @contextlib.contextmanager
         def provider():
-            with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
+            with unwrap_model_for_generation(
+                trainer.model_wrapped,
+                trainer.accelerator,
+                gather_deepspeed3_params=args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+            ) as model:
                 # A pretrained adapter gets a frozen "ref" copy from TRL (beta > 0): that copy *is* pi_0.
                 adapter = "ref" if "ref" in getattr(model, "peft_config", {}) else None
                 with use_adapter(model, adapter):
@@ -86,7 +122,9 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
     elif source == "ref_model":
 
         def provider():
-            return unwrap_model_for_generation(trainer.ref_model, trainer.accelerator)
+            return unwrap_model_for_generation(
+                trainer.ref_model, trainer.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
+            )
 
         config = trainer.accelerator.unwrap_model(trainer.ref_model).config
         engine = TransformersEngine(provider, tokenizer, name=f"{config._name_or_path}:ref_model", **common)
@@ -97,8 +135,11 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
         from .models import resolve_model_path
 
         path = resolve_model_path(path)
-        dtype = (args.model_init_kwargs or {}).get("dtype", trainer.accelerator.unwrap_model(trainer.model).dtype)
-        engine = TransformersEngine.from_pretrained(path, dtype=dtype, device=trainer.accelerator.device, **common)
+        init_kwargs = dict(args.model_init_kwargs or {})
+        dtype = init_kwargs.get("dtype", trainer.accelerator.unwrap_model(trainer.model).dtype)
+        engine = TransformersEngine.from_pretrained(
+            path, dtype=dtype, device=trainer.accelerator.device, load_kwargs=init_kwargs, **common
+        )
     if engine.max_context_tokens is None:
         model = trainer.accelerator.unwrap_model(trainer.model)
         engine._max_context = getattr(model.config, "max_position_embeddings", None)

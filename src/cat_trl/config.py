@@ -105,6 +105,12 @@ class CaTGRPOConfig(GRPOConfig):
         _choice("cat_match", self.cat_match, MATCH_MODES)
         _choice("cat_answer_extraction", self.cat_answer_extraction, EXTRACTIONS)
         validate_template(self.synthesis_template, self.cat_include_question)
+        for name in ("cat_anchor_batch_size", "cat_anchor_max_context"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
+        if self.cat_match_timeout <= 0:
+            raise ValueError(f"cat_match_timeout must be > 0 seconds, got {self.cat_match_timeout}")
         if self.cat_anchor_max_new_tokens < 1:
             raise ValueError(f"cat_anchor_max_new_tokens must be >= 1, got {self.cat_anchor_max_new_tokens}")
         if self.cat_anchor_weights == "ref_model":

@@ -16,7 +16,7 @@ from .answers import extract_boxed
 EXTRACTIONS = ("boxed", "boxed_or_final")
 
 _FINAL = re.compile(r"final answer is\s*:?", re.IGNORECASE)
-_TRAILER = re.compile(r"\s*(?:\.|I hope it is correct\.?)*\s*$", re.IGNORECASE)
+_HOPE = "i hope it is correct"
 
 
 def extract_final_phrase(text) -> str | None:
@@ -28,8 +28,15 @@ def extract_final_phrase(text) -> str | None:
         return None
     line = text[matches[-1].end() :].split("\n", 1)[0]
     line = line.replace("$", "").strip()
-    line = _TRAILER.sub("", line).strip().rstrip(".").strip()
-    return line or None
+    # Strip trailing dots and "I hope it is correct." repeatedly (a loop, not a regex: linear on any input).
+    while True:
+        stripped = line.rstrip(". \t")
+        if stripped.lower().endswith(_HOPE):
+            stripped = stripped[: -len(_HOPE)]
+        if stripped == line:
+            break
+        line = stripped
+    return line.strip() or None
 
 
 def extract_boxed_or_final(text) -> str | None:

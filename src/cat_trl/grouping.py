@@ -29,7 +29,9 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, list) and completion:
         content = completion[-1].get("content", "") if isinstance(completion[-1], dict) else completion[-1]
         if isinstance(content, list):  # content blocks
-            return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+            return "".join(b.get("text") or "" for b in content if isinstance(b, dict))
+        if content is None:
+            return ""
         return content if isinstance(content, str) else str(content)
     return "" if completion is None else str(completion)
 
@@ -105,12 +107,24 @@ def estimate_all(estimator: ReferenceEstimator, groups: list[Group]) -> list[Ref
     state = PartialState()
     world, rank = state.num_processes, state.process_index
     mine = list(range(rank, len(groups), world))
-    local = estimator.estimate([groups[g] for g in mine])
-    if len(local) != len(mine):
-        raise RuntimeError(f"{type(estimator).__name__} returned {len(local)} references for {len(mine)} groups")
+    error = None
+    try:
+        local = estimator.estimate([groups[g] for g in mine])
+        if len(local) != len(mine):
+            raise RuntimeError(f"{type(estimator).__name__} returned {len(local)} references for {len(mine)} groups")
+    except Exception as err:  # noqa: BLE001 -- re-raised below on every rank, so no rank waits forever
+        local, error = [], err
     for ref in local:
         ref.diagnostics.setdefault("rank", rank)
-    pairs = gather_all(list(zip(mine, local)))
+    # Each rank sends (ok, payload): a failure on one rank is raised on all of them instead of hanging the others
+    # in the gather.
+    outcome = gather_all([(error is None, list(zip(mine, local)) if error is None else f"rank {rank}: {error!r}")])
+    failures = [payload for ok, payload in outcome if not ok]
+    if failures:
+        if error is not None:
+            raise RuntimeError(f"Reference estimation failed on {len(failures)} rank(s): {failures}") from error
+        raise RuntimeError(f"Reference estimation failed on {len(failures)} rank(s): {failures}")
+    pairs = [pair for _, payload in outcome for pair in payload]
     references: list[Reference | None] = [None] * len(groups)
     for g, ref in pairs:
         references[g] = ref

@@ -23,9 +23,10 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from .anchor import build_anchor_engine, build_estimator
+from .anchor import build_anchor_engine, build_estimator, freeze_initial_adapter
 from .answers import AnswerMatcher
 from .config import CaTGRPOConfig
+from .data import GOLD_COLUMN
 from .engines.base import Engine
 from .estimators.base import ReferenceEstimator
 from .extraction import get_extractor
@@ -42,6 +43,25 @@ class _CycleClock(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer._cat_last_cycle = time.perf_counter()
+        if state.global_step > 0 and self.trainer.accelerator.is_main_process:
+            _drop_rows_after(os.path.join(args.output_dir, "cat_groups.jsonl"), state.global_step)
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+    """On resume, forget the per-group rows written after the checkpoint: those steps are about to be redone."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) < step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill that forced the resume
+    with open(path, "w") as f:
+        f.writelines(kept)
 
 
 class CaTGRPOTrainer(GRPOTrainer):
@@ -75,6 +95,14 @@ class CaTGRPOTrainer(GRPOTrainer):
             raise TypeError(f"CaTGRPOTrainer needs a CaTGRPOConfig, got {type(args).__name__}")
         if reward_funcs is None:
             reward_funcs = [CaTMathReward(args.cat_match, args.cat_match_timeout, args.cat_answer_extraction)]
+        if (
+            args.beta == 0.0
+            and args.cat_estimator == "synthesis"
+            and anchor_engine is None
+            and estimator is None
+            and args.cat_anchor_weights in ("auto", "peft_base")
+        ):
+            freeze_initial_adapter(model)  # a pre-trained adapter is part of pi_0 (TRL copies it only if beta > 0)
         super().__init__(model, reward_funcs, args, *pos, **kwargs)
         self.cat_matcher = AnswerMatcher(args.cat_match, args.cat_match_timeout)
         self.cat_extract = get_extractor(args.cat_answer_extraction)
@@ -85,7 +113,8 @@ class CaTGRPOTrainer(GRPOTrainer):
         self.cat_estimator = estimator or build_estimator(args, anchor_engine, self.cat_matcher)
         self.cat_budget = None
         if hasattr(self.cat_estimator, "check_budget"):
-            self.cat_budget = self.cat_estimator.check_budget(self.num_generations, args.max_completion_length)
+            widest = max(self.num_generations, self.num_generations_eval or 0)  # eval groups may be larger
+            self.cat_budget = self.cat_estimator.check_budget(widest, args.max_completion_length)
         self._cat_last_cycle: float | None = None
         self._cat_group_rows: list[dict[str, Any]] = []
         self.add_callback(_CycleClock(self))
@@ -96,6 +125,7 @@ class CaTGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         gold_column = self.args.cat_gold_column
+        hidden = {gold_column, GOLD_COLUMN}  # the loaders' gold column is hidden whatever cat_gold_column says
         start = time.perf_counter()
 
         batch = gather_groups(prompts, completions, num_generations)
@@ -110,7 +140,7 @@ class CaTGRPOTrainer(GRPOTrainer):
 
         # Strip the gold column and attach the reference: this is all that reward functions get to see.
         reward_inputs = [
-            {**{k: v for k, v in inp.items() if k != gold_column}, "cat_reference": ref.text}
+            {**{k: v for k, v in inp.items() if k not in hidden}, "cat_reference": ref.text}
             for inp, ref in zip(inputs, local)
         ]
         self._log_completion_extra("cat_reference_answer", [ref.answer for ref in local])

@@ -103,16 +103,30 @@ class TransformersEngine(Engine):
 
     @classmethod
     def from_pretrained(
-        cls, path: str, *, dtype: str | torch.dtype = "auto", device: str | torch.device | None = None, **kwargs
+        cls,
+        path: str,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device | None = None,
+        load_kwargs: dict[str, Any] | None = None,
+        **kwargs,
     ) -> TransformersEngine:
-        """A separately loaded, frozen copy (`copy` anchor mode)."""
+        """A separately loaded, frozen copy (`copy` anchor mode).
+
+        `load_kwargs` go to both `from_pretrained` calls that accept them (`revision`, `trust_remote_code`) and the
+        model's (`attn_implementation`, ...): the anchor must be loaded exactly like the policy was."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        load_kwargs = dict(load_kwargs or {})
+        load_kwargs.pop("dtype", None)
+        load_kwargs.pop("torch_dtype", None)
+        load_kwargs.pop("device_map", None)  # placed on `device` below
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **load_kwargs)
         if device is not None:
             model.to(device)
         model.eval().requires_grad_(False)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tok_kwargs = {k: load_kwargs[k] for k in ("revision", "trust_remote_code") if k in load_kwargs}
+        tokenizer = AutoTokenizer.from_pretrained(path, **tok_kwargs)
         return cls(model, tokenizer, name=kwargs.pop("name", path), **kwargs)
 
     @property

@@ -125,7 +125,7 @@ class CaTSynthesisMathReward:
             self._configure_from_env()
         if self._estimator is None:
             self._estimator = self._build_estimator()
-        batch = gather_groups(prompts, completions, self.num_generations)
+        batch = gather_groups(prompts, completions, self._group_size(kwargs.get("log_metric")))
         references = local_references(batch, estimate_all(self._estimator, batch.groups))
         log_extra = kwargs.get("log_extra")
         if log_extra is not None:
@@ -133,6 +133,23 @@ class CaTSynthesisMathReward:
         return self.reward(
             completions, cat_reference=[r.text for r in references], log_metric=kwargs.get("log_metric")
         )
+
+    def _group_size(self, log_metric) -> int:
+        """G for this call. Inside a TRL trainer (whose bound `log_metric` TRL passes in) eval batches use
+        `num_generations_eval`; the trainer's own train G must agree with the one this reward was given."""
+        trainer = getattr(log_metric, "__self__", None)
+        train_g = getattr(trainer, "num_generations", None)
+        if not isinstance(train_g, int):
+            return self.num_generations
+        if train_g != self.num_generations:
+            raise ValueError(
+                f"CaTSynthesisMathReward was built with num_generations={self.num_generations} but the trainer uses "
+                f"num_generations={train_g}: groups would be cut wrongly. Pass the same value."
+            )
+        model = getattr(trainer, "model", None)
+        if model is not None and not model.training:
+            return getattr(trainer, "num_generations_eval", None) or train_g
+        return train_g
 
     def __getstate__(self) -> dict[str, Any]:
         # Engines hold model weights or sockets: rebuilt lazily after unpickling.
