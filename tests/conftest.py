@@ -56,3 +56,57 @@ def math500_path() -> Path:
     if not MATH500_PATH.is_file():
         pytest.skip(f"MATH-500 data not found at {MATH500_PATH}")
     return MATH500_PATH
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served_model(embedded_model_path: str):
+    """A real OpenAI-compatible server on loopback: `transformers serve` on the embedded checkpoint.
+
+    Yields `(base_url, model_name)`. The model name is the checkpoint path (what `transformers serve` reports)."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    exe = shutil.which("transformers", path=os.path.dirname(sys.executable)) or shutil.which("transformers")
+    if exe is None:
+        pytest.fail("`transformers serve` is not installed (pip install 'transformers[serving]', part of .[dev])")
+    port = _free_port()
+    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"cat-trl-serve-{port}.log"), "w")
+    proc = subprocess.Popen(
+        [exe, "serve", embedded_model_path, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+         "--dtype", "float32", "--default-seed", "0"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"transformers serve exited with {proc.returncode}; see {log.name}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"transformers serve did not come up in 180 s; see {log.name}")
+        yield base_url, embedded_model_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

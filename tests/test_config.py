@@ -8,12 +8,15 @@ import time
 
 import pytest
 import yaml
+from pathlib import Path
 from datasets import Dataset
 from trl import GRPOConfig
 
 from cat_trl import cli
 from cat_trl.anchor import resolve_anchor_weights
 from cat_trl.config import CaTGRPOConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 from cat_trl.train import ConfigError, check_recipe, main, parse_args
 
 BASE = {
@@ -285,3 +288,16 @@ def test_anchor_sizes_must_be_positive(tmp_path, field):
 
     with pytest.raises(ValueError, match=field):
         CaTGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **{field: 0})
+
+
+@pytest.mark.parametrize("recipe_path", sorted(str(p) for p in (REPO_ROOT / "yaml").rglob("*.yaml")))
+def test_every_shipped_recipe_parses(recipe_path):
+    """Every recipe in yaml/ goes through TrlParser and the CaT config checks (GPU-only settings overridden so the
+    check runs on CPU)."""
+    from cat_trl.train import parse_args
+
+    script_args, args, model_args = parse_args(["--config", recipe_path, "--bf16", "false", "--use_cpu", "true"])
+    assert model_args.model_name_or_path
+    assert args.num_generations >= 2
+    if args.open_ended:
+        assert args.cat_judge_engine in ("openai", "transformers")

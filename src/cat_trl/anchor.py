@@ -91,6 +91,21 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
     from .engines.transformers_engine import TransformersEngine
 
     args = trainer.args
+    if args.cat_anchor_engine == "openai":
+        from .engines.openai_engine import OpenAIEngine
+
+        served = args.cat_anchor_model_name_or_path or model_name_or_path
+        if not served:
+            raise ValueError("cat_anchor_engine=openai needs cat_anchor_model_name_or_path (the served model name)")
+        engine = OpenAIEngine(
+            args.cat_anchor_base_url,
+            served,
+            api_key_env=args.cat_anchor_api_key_env,
+            max_context_tokens=args.cat_anchor_max_context,
+            cache=args.cat_anchor_seed is not None,  # unseeded sampling must not replay cached syntheses
+        )
+        logger.info("CaT anchor: OpenAI-compatible server %s (%s)", engine.base_url, served)
+        return engine, "server"
     is_peft = isinstance(trainer.accelerator.unwrap_model(trainer.model), PeftModel)
     source = resolve_anchor_weights(
         args.cat_anchor_weights,
@@ -148,12 +163,12 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
 
 
 def build_estimator(args, engine: Engine | None, matcher: AnswerMatcher) -> ReferenceEstimator:
-    extract = get_extractor(args.cat_answer_extraction)
+    extract = None if args.open_ended else get_extractor(args.cat_answer_extraction)
     if args.cat_estimator == "majority":
         return MajorityEstimator(matcher, extract)
     if engine is None:
         raise ValueError("cat_estimator=synthesis needs an anchor engine")
-    return SynthesisEstimator(
+    synthesis = SynthesisEstimator(
         engine,
         anchor_sampling(args),
         template=args.synthesis_template,
@@ -162,3 +177,23 @@ def build_estimator(args, engine: Engine | None, matcher: AnswerMatcher) -> Refe
         chat_template_kwargs=args.chat_template_kwargs,
         extract_answer=extract,
     )
+    if args.cat_reward != "rubric":
+        return synthesis
+    from dataclasses import replace
+
+    from .rubrics import RUBRIC_PROMPT, RubricEstimator, RubricProposer
+
+    rubric_sampling = anchor_sampling(args)
+    if args.cat_rubric_max_new_tokens:
+        rubric_sampling = replace(rubric_sampling, max_new_tokens=args.cat_rubric_max_new_tokens)
+    proposer = RubricProposer(
+        engine,
+        rubric_sampling,
+        template=args.cat_rubric_prompt or RUBRIC_PROMPT,
+        include_conversation=args.cat_rubric_include_conversation,
+        min_criteria=args.cat_rubric_min_criteria,
+        max_criteria=args.cat_rubric_max_criteria,
+        allow_list=args.cat_rubric_allow_list,
+        chat_template_kwargs=args.chat_template_kwargs,
+    )
+    return RubricEstimator(synthesis, proposer)

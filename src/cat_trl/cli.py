@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-USAGE = """usage: cat-trl <command> CONFIG.yaml [--key value ...]
+USAGE = """usage: cat-trl <command> ...
 
 commands:
-  train   CaT-RL (GRPO with anchor-synthesized references). Same as
+  train CONFIG.yaml [--key value ...]
+          CaT-RL (GRPO with anchor-synthesized references). Same as
           `accelerate launch -m cat_trl.train --config CONFIG.yaml [--key value ...]`.
+  healthbench-eval --policy MODEL --grader-base-url URL --grader-model NAME [...]
+          Score a policy on the HealthBench hold-out with the physician rubrics (see --help).
 """
 
 
@@ -26,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .train import main as train_main
 
         return train_main(["--config", rest[0], *rest[1:]])
+    if command == "healthbench-eval":
+        from .healthbench_eval import main as hb_main
+
+        return hb_main(rest)
     print(f"cat-trl: unknown command {command!r}\n" + USAGE, file=sys.stderr)
     return 2
 

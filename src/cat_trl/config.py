@@ -13,9 +13,13 @@ from trl import GRPOConfig
 
 from .estimators.prompts import MATH_SYNTHESIS_PROMPT, validate_template
 from .extraction import EXTRACTIONS
+from .rubrics.judge import JUDGE_MODES
+from .rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT, validate_placeholders
 
 ESTIMATORS = ("synthesis", "majority")
-ANCHOR_ENGINES = ("transformers",)
+ANCHOR_ENGINES = ("transformers", "openai")
+REWARDS = ("math", "rubric", "judge_equivalence", "physician_rubric")
+JUDGE_ENGINES = ("transformers", "openai", "anchor")
 ANCHOR_WEIGHTS = ("auto", "peft_base", "ref_model", "copy")
 MATCH_MODES = ("string", "equivalent")
 
@@ -29,6 +33,15 @@ def _choice(name: str, value, allowed) -> None:
 class CaTGRPOConfig(GRPOConfig):
     """GRPO settings plus CaT's reference estimation and reward settings (all prefixed `cat_`)."""
 
+    cat_reward: str = field(
+        default="math",
+        metadata={
+            "help": "What the reference is turned into: `math` (final-answer match, verifiable tasks), `rubric` "
+            "(the anchor's self-proposed rubric checked by a judge, open-ended tasks), or the paper's open-ended "
+            "baselines `judge_equivalence` (judge: is the rollout equivalent to the reference?) and "
+            "`physician_rubric` (ORACLE: HealthBench physician rubrics; reads labels)."
+        },
+    )
     cat_estimator: str = field(
         default="synthesis",
         metadata={"help": "Reference estimator: `synthesis` (CaT, frozen anchor) or `majority` (TTRL-style vote)."},
@@ -44,7 +57,14 @@ class CaTGRPOConfig(GRPOConfig):
     )
     cat_anchor_engine: str = field(
         default="transformers",
-        metadata={"help": "What runs the anchor: `transformers` (in-process generate)."},
+        metadata={"help": "What runs the anchor: `transformers` (in-process generate) or `openai` (an "
+        "OpenAI-compatible server serving pi_0, e.g. `vllm serve <initial model>`)."},
+    )
+    cat_anchor_base_url: str | None = field(
+        default=None, metadata={"help": "Anchor server URL for cat_anchor_engine=openai (e.g. http://host:8000/v1)."}
+    )
+    cat_anchor_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the anchor server's API key."}
     )
     cat_anchor_weights: str = field(
         default="auto",
@@ -76,6 +96,58 @@ class CaTGRPOConfig(GRPOConfig):
     cat_anchor_batch_size: int | None = field(
         default=None, metadata={"help": "Sequences per anchor generate micro-batch (memory bound); None = all."}
     )
+    # ---- open-ended regime: rubric proposal, judge, length penalty
+    cat_rubric_prompt: str | None = field(
+        default=None,
+        metadata={"help": "Override the rubric-proposal prompt (must contain {reference}; may contain "
+        "{conversation}, {min_criteria}, {max_criteria})."},
+    )
+    cat_rubric_min_criteria: int = field(default=5, metadata={"help": "Fewer distinct criteria = failed rubric."})
+    cat_rubric_max_criteria: int = field(default=12, metadata={"help": "Criteria beyond this are dropped."})
+    cat_rubric_include_conversation: bool = field(
+        default=False, metadata={"help": "Let the rubric writer see the conversation (the paper's sees s only)."}
+    )
+    cat_rubric_allow_list: bool = field(
+        default=False, metadata={"help": "Accept a bulleted/numbered list when the rubric has no XML criteria."}
+    )
+    cat_rubric_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Anchor's output tokens for the rubric (default: cat_anchor_max_new_tokens)."}
+    )
+    cat_judge_engine: str = field(
+        default="openai",
+        metadata={"help": "What runs the judge: `openai` (any OpenAI-compatible server: GPT-4o, vllm serve, ...), "
+        "`transformers` (a separate local model, cat_judge_model = path) or `anchor` (the anchor itself; not an "
+        "independent judge, for smoke tests)."},
+    )
+    cat_judge_model: str | None = field(
+        default=None, metadata={"help": "Judge model: served name (openai) or path/alias (transformers)."}
+    )
+    cat_judge_base_url: str | None = field(default=None, metadata={"help": "Judge server URL (openai engine)."})
+    cat_judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the judge server's API key."}
+    )
+    cat_judge_mode: str = field(
+        default="generate",
+        metadata={"help": "`generate` (short yes/no answer; unparseable = no, counted) or `logprob` (p(yes) vs "
+        "p(no) of the next token, one forward pass)."},
+    )
+    cat_judge_prompt: str | None = field(
+        default=None, metadata={"help": "Override the judge prompt ({response}, {criterion}, optional {conversation})."}
+    )
+    cat_judge_max_new_tokens: int = field(default=8, metadata={"help": "Judge answer length in generate mode."})
+    cat_judge_max_concurrency: int = field(default=8, metadata={"help": "Judge requests in flight (openai)."})
+    cat_judge_timeout: float = field(default=120.0, metadata={"help": "Seconds per judge request (openai)."})
+    cat_judge_max_retries: int = field(default=4, metadata={"help": "Retries per judge request (openai)."})
+    cat_judge_cache_path: str | None = field(
+        default=None, metadata={"help": "Persist judge responses (JSONL, keyed by request hash) across runs."}
+    )
+    cat_reward_scale: float = field(default=1.0, metadata={"help": "Rubric reward = scale * fraction satisfied."})
+    cat_length_penalty_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Completions longer than this many tokens get cat_length_penalty instead of a judged "
+        "reward (the paper's HealthBench setting: 750 with max_completion_length 1024)."},
+    )
+    cat_length_penalty: float = field(default=-1.0, metadata={"help": "Reward of over-long completions."})
     cat_match: str = field(
         default="string",
         metadata={"help": "Answer matching: `string` (normalised equality, the paper's) or `equivalent` "
@@ -99,7 +171,9 @@ class CaTGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        _choice("cat_reward", self.cat_reward, REWARDS)
         _choice("cat_estimator", self.cat_estimator, ESTIMATORS)
+        self._check_open_ended()
         _choice("cat_anchor_engine", self.cat_anchor_engine, ANCHOR_ENGINES)
         _choice("cat_anchor_weights", self.cat_anchor_weights, ANCHOR_WEIGHTS)
         _choice("cat_match", self.cat_match, MATCH_MODES)
@@ -128,5 +202,44 @@ class CaTGRPOConfig(GRPOConfig):
         super().__post_init__()
 
     @property
+    def open_ended(self) -> bool:
+        return self.cat_reward != "math"
+
+    @property
     def synthesis_template(self) -> str:
-        return self.cat_synthesis_prompt or MATH_SYNTHESIS_PROMPT
+        if self.cat_synthesis_prompt:
+            return self.cat_synthesis_prompt
+        return FREEFORM_SYNTHESIS_PROMPT if self.open_ended else MATH_SYNTHESIS_PROMPT
+
+    def _check_open_ended(self) -> None:
+        if self.cat_anchor_engine == "openai" and not self.cat_anchor_base_url:
+            raise ValueError("cat_anchor_engine=openai needs cat_anchor_base_url (the server serving pi_0).")
+        if not self.open_ended:
+            return
+        _choice("cat_judge_engine", self.cat_judge_engine, JUDGE_ENGINES)
+        _choice("cat_judge_mode", self.cat_judge_mode, JUDGE_MODES)
+        if self.cat_reward in ("rubric", "judge_equivalence") and self.cat_estimator != "synthesis":
+            raise ValueError(f"cat_reward={self.cat_reward} needs cat_estimator: synthesis (majority vote needs "
+                             "final answers, which open-ended responses do not have).")
+        if self.cat_judge_engine == "openai" and not (self.cat_judge_base_url and self.cat_judge_model):
+            raise ValueError("cat_judge_engine=openai needs cat_judge_base_url and cat_judge_model (served name).")
+        if self.cat_judge_engine == "transformers" and not self.cat_judge_model:
+            raise ValueError("cat_judge_engine=transformers needs cat_judge_model (a local path or alias).")
+        if not 1 <= self.cat_rubric_min_criteria <= self.cat_rubric_max_criteria:
+            raise ValueError("need 1 <= cat_rubric_min_criteria <= cat_rubric_max_criteria, got "
+                             f"{self.cat_rubric_min_criteria} and {self.cat_rubric_max_criteria}")
+        if self.cat_rubric_prompt:
+            validate_placeholders(self.cat_rubric_prompt, ("reference",), "cat_rubric_prompt")
+        if self.cat_judge_prompt:
+            validate_placeholders(self.cat_judge_prompt, ("response", "criterion"), "cat_judge_prompt")
+        if self.cat_judge_max_new_tokens < 1 or self.cat_judge_max_concurrency < 1 or self.cat_judge_timeout <= 0:
+            raise ValueError("cat_judge_max_new_tokens and cat_judge_max_concurrency must be >= 1, "
+                             "cat_judge_timeout > 0")
+        if self.cat_length_penalty_tokens is not None:
+            if self.cat_length_penalty_tokens < 1:
+                raise ValueError(f"cat_length_penalty_tokens must be >= 1, got {self.cat_length_penalty_tokens}")
+            if self.max_completion_length is not None and self.cat_length_penalty_tokens >= self.max_completion_length:
+                raise ValueError(
+                    f"cat_length_penalty_tokens={self.cat_length_penalty_tokens} >= max_completion_length="
+                    f"{self.max_completion_length}: the penalty could never fire."
+                )

@@ -73,11 +73,9 @@ def aggregate(diags: list[GroupDiagnostics], num_generations: int, verifiable: b
     """Step-level metrics (keys without the `cat/` prefix). NaN where a rate has no denominator this step."""
     if not diags:
         return {}
-    out = {
-        "truncation_rate": _mean(d.truncated / num_generations for d in diags),
-        "majority_ratio": _mean(d.majority_size / num_generations for d in diags),
-    }
-    if verifiable:
+    out = {"truncation_rate": _mean(d.truncated / num_generations for d in diags)}
+    if verifiable:  # final-answer statistics mean nothing for open-ended responses
+        out["majority_ratio"] = _mean(d.majority_size / num_generations for d in diags)
         out["reference_parse_failure"] = _mean(d.reference_answer is None for d in diags)
         out["reference_ne_majority"] = _mean(d.reference_ne_majority for d in diags if d.reference_ne_majority is not None)
     gold = [d for d in diags if d.gold is not None]

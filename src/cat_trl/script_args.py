@@ -30,8 +30,9 @@ class CaTScriptArguments(ScriptArguments):
     dataset_format: str = field(
         default="auto",
         metadata={
-            "help": "`auto`, `synthetic_math`, `math500` (columns problem/answer/unique_id) or `generic` "
-            "(prompt from `dataset_prompt_column`, gold from `dataset_gold_column`)."
+            "help": "`auto`, `synthetic_math`, `math500` (columns problem/answer/unique_id), `healthbench` "
+            "(official JSONL: prompt messages, rubrics, example_tags, prompt_id) or `generic` (prompt from "
+            "`dataset_prompt_column`, gold from `dataset_gold_column`)."
         },
     )
     dataset_prompt_column: str = field(
@@ -53,6 +54,13 @@ class CaTScriptArguments(ScriptArguments):
     synthetic_seed: int = field(default=0, metadata={"help": "Built-in data: generator seed."})
     synthetic_max_steps: int = field(
         default=2, metadata={"help": "Built-in data: at most this many arithmetic steps per word problem (1-3)."}
+    )
+    healthbench_holdout: int = field(
+        default=500, metadata={"help": "HealthBench: examples held out (seeded) for evaluation; training uses the rest."}
+    )
+    healthbench_seed: int = field(default=0, metadata={"help": "HealthBench: seed of the hold-out split."})
+    healthbench_subset: str = field(
+        default="all", metadata={"help": "HealthBench hub file: `all` (5,000), `hard` or `consensus`."}
     )
     prompt_instruction: str = field(
         default=DEFAULT_INSTRUCTION,

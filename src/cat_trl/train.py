@@ -59,6 +59,11 @@ def check_recipe(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_arg
             "cat_anchor_weights=ref_model with use_peft: TRL keeps no separate reference model under PEFT; use "
             "peft_base (the same weights, no extra memory)."
         )
+    if "gold_rubrics" in dataset.column_names and not args.open_ended:
+        raise ConfigError("This dataset is open-ended (HealthBench): final-answer rewards do not apply. Set "
+                          "cat_reward: rubric (CaT), judge_equivalence or physician_rubric (oracle baseline).")
+    if args.cat_reward == "physician_rubric" and "gold_rubrics" not in dataset.column_names:
+        raise ConfigError("cat_reward=physician_rubric needs physician rubrics (a HealthBench dataset).")
     if args.cat_gold_column in dataset.column_names and args.cat_gold_column in ("prompt", "completion"):
         raise ConfigError(f"cat_gold_column={args.cat_gold_column!r} cannot be a TRL input column")
 

@@ -13,6 +13,7 @@ used only for the diagnostic metrics computed here.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -26,6 +27,8 @@ from trl import GRPOTrainer
 from .anchor import build_anchor_engine, build_estimator, freeze_initial_adapter
 from .answers import AnswerMatcher
 from .config import CaTGRPOConfig
+from .data.healthbench import GOLD_RUBRICS_COLUMN
+from .judging import build_judge, build_judge_engine, open_ended_rewards
 from .data import GOLD_COLUMN
 from .engines.base import Engine
 from .estimators.base import ReferenceEstimator
@@ -33,6 +36,9 @@ from .extraction import get_extractor
 from .grouping import estimate_all, gather_all, gather_groups, local_references
 from .metrics import aggregate, analyse_group
 from .rewards.verifiable import CaTMathReward
+
+
+logger = logging.getLogger(__name__)
 
 
 class _CycleClock(TrainerCallback):
@@ -93,8 +99,13 @@ class CaTGRPOTrainer(GRPOTrainer):
             args = CaTGRPOConfig(f"{name.split('/')[-1]}-CaT")
         elif not isinstance(args, CaTGRPOConfig):
             raise TypeError(f"CaTGRPOTrainer needs a CaTGRPOConfig, got {type(args).__name__}")
+        self.cat_judge = None
         if reward_funcs is None:
-            reward_funcs = [CaTMathReward(args.cat_match, args.cat_match_timeout, args.cat_answer_extraction)]
+            if args.open_ended:
+                self.cat_judge = build_judge(args, build_judge_engine(args))
+                reward_funcs = open_ended_rewards(args, self.cat_judge)
+            else:
+                reward_funcs = [CaTMathReward(args.cat_match, args.cat_match_timeout, args.cat_answer_extraction)]
         if (
             args.beta == 0.0
             and args.cat_estimator == "synthesis"
@@ -110,6 +121,14 @@ class CaTGRPOTrainer(GRPOTrainer):
         if estimator is None and args.cat_estimator == "synthesis" and anchor_engine is None:
             anchor_engine, self.cat_anchor_source = build_anchor_engine(self, anchor_model_name_or_path)
         self.cat_engine = anchor_engine
+        if self.cat_judge is not None and args.cat_judge_engine == "anchor":
+            if anchor_engine is None:
+                raise ValueError("cat_judge_engine=anchor needs the synthesis anchor engine")
+            logger.warning("cat_judge_engine=anchor: the judge is pi_0 itself, not an independent model.")
+            self.cat_judge.engine = anchor_engine
+        if args.cat_reward == "physician_rubric":
+            logger.warning("cat_reward=physician_rubric is the ORACLE baseline: physician rubrics (labels) reach the "
+                           "reward. This is not CaT.")
         self.cat_estimator = estimator or build_estimator(args, anchor_engine, self.cat_matcher)
         self.cat_budget = None
         if hasattr(self.cat_estimator, "check_budget"):
@@ -125,7 +144,10 @@ class CaTGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         gold_column = self.args.cat_gold_column
-        hidden = {gold_column, GOLD_COLUMN}  # the loaders' gold column is hidden whatever cat_gold_column says
+        # Labels are hidden whatever cat_gold_column says; physician rubrics only reach the explicit oracle baseline.
+        hidden = {gold_column, GOLD_COLUMN, GOLD_RUBRICS_COLUMN}
+        if self.args.cat_reward == "physician_rubric":
+            hidden.discard(GOLD_RUBRICS_COLUMN)
         start = time.perf_counter()
 
         batch = gather_groups(prompts, completions, num_generations)
@@ -140,7 +162,7 @@ class CaTGRPOTrainer(GRPOTrainer):
 
         # Strip the gold column and attach the reference: this is all that reward functions get to see.
         reward_inputs = [
-            {**{k: v for k, v in inp.items() if k not in hidden}, "cat_reference": ref.text}
+            {**{k: v for k, v in inp.items() if k not in hidden}, "cat_reference": ref.text, "cat_rubric": ref.rubric}
             for inp, ref in zip(inputs, local)
         ]
         self._log_completion_extra("cat_reference_answer", [ref.answer for ref in local])
@@ -167,6 +189,12 @@ class CaTGRPOTrainer(GRPOTrainer):
         verifiable = getattr(self.cat_estimator, "extract_answer", True) is not None
         metrics = aggregate(diags, batch.num_generations, verifiable=verifiable)
         metrics["anchor_seconds"] = anchor_seconds
+        if self.args.cat_reward == "rubric":
+            failed = [bool(r.diagnostics.get("rubric_failed")) for r in references]
+            metrics["rubric_failure"] = sum(failed) / max(len(failed), 1)
+            sizes = [len(r.rubric) for r in references if r.rubric]
+            if sizes:
+                metrics["rubric_size"] = sum(sizes) / len(sizes)
         now = time.perf_counter()
         if mode == "train" and self._cat_last_cycle is not None:
             metrics["anchor_share"] = anchor_seconds / max(now - self._cat_last_cycle, 1e-9)
@@ -194,6 +222,8 @@ class CaTGRPOTrainer(GRPOTrainer):
                     "majority": d.majority,
                     "reference": ref.text,
                     "reference_answer": ref.answer,
+                    "rubric": ref.rubric,
+                    "rubric_error": ref.diagnostics.get("rubric_error"),
                     "rewards": [None if math.isnan(r) else r for r in total[g * G : (g + 1) * G]],
                     "truncated": d.truncated,
                     "estimated_on_rank": ref.diagnostics.get("rank"),

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 from datasets import Dataset
 
 from cat_trl.data.generic import GOLD_COLUMN, load_generic, load_raw, looks_like_local_path, resolve_local
+from cat_trl.data.healthbench import HEALTHBENCH_HUB_ID, load_healthbench
 from cat_trl.data.math500 import MATH500_HUB_ID, load_math500
 from cat_trl.data.prompts import add_fewshot, build_messages, question_text
 from cat_trl.data.synthetic import generate_problems, load_synthetic_math
+from cat_trl.script_args import DEFAULT_INSTRUCTION
 
 if TYPE_CHECKING:
     from cat_trl.script_args import CaTScriptArguments
@@ -30,6 +32,7 @@ __all__ = [
     "build_messages",
     "generate_problems",
     "load_generic",
+    "load_healthbench",
     "load_math500",
     "load_raw",
     "load_synthetic_math",
@@ -39,7 +42,7 @@ __all__ = [
     "resolve_format",
 ]
 
-DATASET_FORMATS = ("auto", "synthetic_math", "math500", "generic")
+DATASET_FORMATS = ("auto", "synthetic_math", "math500", "healthbench", "generic")
 SYNTHETIC_NAME = "synthetic_math"
 MATH500_NAMES = ("math500", MATH500_HUB_ID)
 
@@ -71,15 +74,19 @@ def resolve_format(dataset_name: str | None, dataset_format: str = "auto") -> st
         return "synthetic_math"
     if not dataset_name:
         raise ValueError(f"dataset_name is required for dataset_format={dataset_format!r}.")
-    path = None if dataset_name in MATH500_NAMES else resolve_local(dataset_name)
+    path = None if dataset_name in (*MATH500_NAMES, HEALTHBENCH_HUB_ID) else resolve_local(dataset_name)
     if dataset_format != "auto":
         return dataset_format
     if dataset_name in MATH500_NAMES:
         return "math500"
+    if dataset_name == HEALTHBENCH_HUB_ID:
+        return "healthbench"
     if path is not None and os.path.isfile(path) and path.lower().endswith((".jsonl", ".json")):
         row = _first_json_row(path)
         if row is not None and {"problem", "answer", "unique_id"} <= row.keys():
             return "math500"
+        if row is not None and {"prompt", "rubrics", "prompt_id"} <= row.keys():
+            return "healthbench"
     return "generic"
 
 
@@ -101,6 +108,19 @@ def load_train_dataset(script_args: CaTScriptArguments) -> Dataset:
         # The hub MATH-500 only has a `test` split; map the ScriptArguments default `train` onto it.
         split = "test" if args.dataset_train_split == "train" else args.dataset_train_split
         dataset = load_math500(source, split=split, **common)
+    elif fmt == "healthbench":
+        if args.prompt_instruction not in ("", DEFAULT_INSTRUCTION):
+            raise ValueError("prompt_instruction is not applied to HealthBench conversations; leave it unset.")
+        source = args.dataset_name if args.dataset_name != HEALTHBENCH_HUB_ID else HEALTHBENCH_HUB_ID
+        path = resolve_local(source) if source != HEALTHBENCH_HUB_ID else None
+        dataset = load_healthbench(
+            path or source,
+            split="eval" if args.dataset_train_split in ("eval", "test") else "train",
+            holdout=args.healthbench_holdout,
+            seed=args.healthbench_seed,
+            subset=args.healthbench_subset,
+            system_prompt=args.system_prompt,
+        )
     else:
         dataset = load_generic(
             args.dataset_name,

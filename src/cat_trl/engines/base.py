@@ -116,6 +116,19 @@ class Engine(ABC):
         """Log-probabilities of each continuation's tokens, as the assistant reply to its conversation."""
         raise NotImplementedError(f"{type(self).__name__} does not provide token log-probabilities")
 
+    def next_token_logprobs(
+        self,
+        conversations: list[Conversation],
+        candidates: tuple[str, ...],
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[dict[str, float]]:
+        """For each conversation, the log-probability that the assistant reply *starts with* each candidate word
+        (case and leading-space variants pooled): one forward pass per conversation, no decoding. Used by the
+        log-prob judge ("yes" vs "no")."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not provide next-token log-probabilities; use the judge's `generate` mode"
+        )
+
     # --- token budget helpers (synthesis prompts hold G rollouts and must fit the context) ---------------------
 
     @property
@@ -139,6 +152,12 @@ class Engine(ABC):
             return text
         keep = max(1, max_tokens * 3)
         return _head_tail(text[: keep // 2], text[len(text) - (keep - keep // 2) :])
+
+
+def word_variants(word: str) -> list[str]:
+    """Spellings a model may use for a one-word answer as its first token."""
+    forms = {word, word.lower(), word.capitalize(), word.upper()}
+    return sorted(forms | {" " + f for f in forms})
 
 
 TRUNCATION_MARK = "\n[... truncated ...]\n"

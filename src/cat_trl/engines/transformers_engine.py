@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
-from .base import Conversation, Engine, Generation, SamplingSettings, _head_tail
+from .base import word_variants, Conversation, Engine, Generation, SamplingSettings, _head_tail
 
 ModelProvider = Callable[[], contextlib.AbstractContextManager[PreTrainedModel]]
 
@@ -298,5 +298,53 @@ class TransformersEngine(Engine):
         self.stats.calls += 1
         self.stats.sequences += len(pairs)
         self.stats.prompt_tokens += sum(len(p) + len(c) for p, c in pairs)
+        self.stats.seconds += time.perf_counter() - start
+        return results
+
+    def next_token_logprobs(
+        self,
+        conversations: list[Conversation],
+        candidates: tuple[str, ...],
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[dict[str, float]]:
+        if not conversations:
+            return []
+        start = time.perf_counter()
+        # First token of every spelling of every candidate; a token shared by two candidates counts for neither.
+        first: dict[str, set[int]] = {}
+        for cand in candidates:
+            first[cand] = {
+                ids[0] for v in word_variants(cand) if (ids := self.tokenizer(v, add_special_tokens=False)["input_ids"])
+            }
+        for cand in candidates:
+            others = set().union(*(first[c] for c in candidates if c != cand))
+            first[cand] -= others
+            if not first[cand]:
+                raise ValueError(f"candidate {cand!r} has no first token distinct from the other candidates")
+        prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        size = self.batch_size or len(prompts)
+        results: list[dict[str, float]] = [{} for _ in prompts]
+        with self._model() as model:
+            device = next(model.parameters()).device
+            pad = self.tokenizer.pad_token_id
+            for b in range(0, len(order), size):
+                idx = order[b : b + size]
+                width = max(len(prompts[i]) for i in idx)
+                # Left padding: the next-token distribution of every row sits in the last column.
+                ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
+                mask = torch.tensor(
+                    [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=device
+                )
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+                logps = torch.log_softmax(logits, dim=-1)
+                for row, i in enumerate(idx):
+                    results[i] = {
+                        cand: torch.logsumexp(logps[row, sorted(first[cand])], dim=0).item() for cand in candidates
+                    }
+        self.stats.calls += 1
+        self.stats.sequences += len(prompts)
+        self.stats.prompt_tokens += sum(len(p) for p in prompts)
         self.stats.seconds += time.perf_counter() - start
         return results

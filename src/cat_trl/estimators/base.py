@@ -40,6 +40,7 @@ class Reference:
 
     text: str | None
     answer: str | None = None
+    rubric: list[str] | None = None  # open-ended regime: criteria the anchor derived from `text`
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,1 @@
+"""Evaluators that score policies against held-out labels (never used as training rewards)."""
