@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 quickstart: setup
 	$(VENV)/bin/cat-trl train yaml/quickstart.yaml
 
-## Default test suite (CPU, offline, ~2 min on 2 cores).
+## Default test suite (CPU, offline, ~3 min on 2 cores).
 test: setup
 	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider
 

@@ -334,7 +334,7 @@ def test_dispatch_generic_and_forced_math500(tmp_path):
 def test_dispatch_errors(tmp_path, monkeypatch):
     # Argument errors are raised before anything is loaded.
     monkeypatch.setattr("cat_trl.data.load_generic", lambda *a, **k: pytest.fail("loaded data"))
-    with pytest.raises(ValueError, match=r"Unknown dataset_format 'csv'.*auto, synthetic_math, math500, generic"):
+    with pytest.raises(ValueError, match=r"Unknown dataset_format 'csv'.*auto, synthetic_math, math500, healthbench, generic"):
         load_train_dataset(args(dataset_name="x", dataset_format="csv"))
     for bad in (0, -3):
         with pytest.raises(ValueError, match="dataset_max_samples"):
