@@ -233,3 +233,24 @@ def test_healthbench_eval_bad_input_fails_before_loading_models(tmp_path, capsys
     rc = main(["healthbench-eval", "--data", str(bad), "--policy", "/nonexistent", "--grader-base-url",
                "http://127.0.0.1:9/v1", "--grader-model", "g"])
     assert rc == 2 and "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_healthbench_eval_unreachable_grader_fails_first(tmp_path, capsys):
+    from cat_trl.cli import main
+
+    rc = main(["healthbench-eval", "--data", str(FIXTURE), "--holdout", "2", "--policy", "/never/loaded",
+               "--grader-base-url", "http://127.0.0.1:9/v1", "--grader-model", "g"])
+    assert rc == 2 and "127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_holdout_from_training_file_and_thinking_stripped(tmp_path):
+    from cat_trl.healthbench_eval import _examples, _parser, _strip_thinking
+
+    subset = tmp_path / "hard.jsonl"
+    subset.write_text("".join(line + "\n" for line in FIXTURE.read_text().splitlines()[:3]))
+    args = _parser().parse_args(["--data", str(subset), "--holdout-from", str(FIXTURE), "--holdout", "2",
+                                 "--responses", "x", "--grader-base-url", "u"])
+    held = {r["prompt_id"] for r in split_healthbench(_records(), 2, seed=0)[1]}
+    assert {e["prompt_id"] for e in _examples(args)} == held & {r["prompt_id"] for r in _records()[:3]}
+    assert _strip_thinking("<think>hmm\nlong</think>\nSee a doctor.") == "See a doctor."
+    assert _strip_thinking("<think>never closed") == ""

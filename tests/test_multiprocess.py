@@ -76,3 +76,22 @@ def test_estimator_failure_on_one_rank_raises_on_all_ranks(repo_root):
     proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rank 0 raised" in proc.stdout and "rank 1 raised" in proc.stdout
+
+
+def test_collective_engine_keeps_ranks_in_step(repo_root, tiny_model_path):
+    """FSDP/ZeRO-3 make every forward pass a collective. A rank with nothing to do must still run as many
+    micro-batches as the busiest rank, or the others hang. gloo stands in for NCCL; `synced_gpus` is exercised."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        str(repo_root / "tests" / "scripts" / "collective_engine.py"), tiny_model_path,
+    ]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    by_rank = {r["rank"]: r for r in lines}
+    assert by_rank[0]["generate_calls"] == by_rank[1]["generate_calls"] == 3  # ceil(5 / 2) on both ranks
+    assert by_rank[0]["noop"] == 0 and by_rank[1]["noop"] == 9  # 3 generate + 3 + 3 forward micro-batches
+    assert by_rank[0]["results"] == by_rank[0]["scores"] == by_rank[0]["logprobs"] == 5
+    assert by_rank[1]["results"] == 0
+    assert by_rank[0]["same"] and by_rank[1]["same"]  # padding does not change rank 0's outputs

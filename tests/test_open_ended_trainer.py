@@ -136,6 +136,7 @@ def test_physician_oracle_sees_rubrics_only_when_chosen(tmp_path, tiny_model_pat
     trainer.train()
     rows = _rows(tmp_path)
     assert all(r is not None for row in rows for r in row["rewards"])  # physician scores for every completion
+    assert trainer.cat_engine is None and all(row["reference"] is None for row in rows)  # no anchor work
 
 
 def test_open_ended_config_errors():
@@ -147,6 +148,9 @@ def test_open_ended_config_errors():
     with pytest.raises(ValueError, match="could never fire"):
         CaTGRPOConfig(output_dir="x", use_cpu=True, bf16=False, cat_reward="rubric", cat_judge_engine="anchor",
                       max_completion_length=64, cat_length_penalty_tokens=64)
+    with pytest.raises(ValueError, match="cat_estimator: synthesis"):
+        CaTGRPOConfig(output_dir="x", use_cpu=True, bf16=False, cat_reward="physician_rubric", cat_estimator="majority",
+                      cat_judge_engine="anchor")
     with pytest.raises(ValueError, match="cat_anchor_base_url"):
         CaTGRPOConfig(output_dir="x", use_cpu=True, bf16=False, cat_anchor_engine="openai")
 
@@ -164,6 +168,7 @@ def test_http_judge_runs_as_async_reward_off_the_main_thread(tmp_path, tiny_mode
                              train_dataset=load_healthbench(str(FIXTURE), "train", holdout=1))
     reward = trainer.reward_funcs[0]
     assert is_async_callable(reward)
+    assert trainer.cat_judge.chat_template_kwargs is None  # the policy's template kwargs are not sent to the judge
     trainer.train()
     assert reward.last_thread != "MainThread"
     (row,) = _rows(tmp_path)

@@ -184,3 +184,36 @@ def test_bad_arguments_fail_fast():
         OpenAIEngine("", "m")
     with pytest.raises(ValueError, match="model"):
         OpenAIEngine("http://x", "")
+
+
+class _ErrorBody(_Scripted):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        payload = b'{"error": "overloaded"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def test_unusable_bodies_are_not_cached(tmp_path):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _ErrorBody)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cache = tmp_path / "cache.jsonl"
+        engine = OpenAIEngine(f"http://127.0.0.1:{srv.server_address[1]}/v1", "m", cache_path=str(cache))
+        with pytest.raises(EngineError, match="Malformed"):
+            engine.generate([_chat("x")], GREEDY)
+        with pytest.raises(EngineError, match="top_logprobs"):
+            engine.next_token_logprobs([_chat("x")], ("yes", "no"))
+        assert not cache.exists() or cache.read_text() == ""
+    finally:
+        srv.shutdown()
+
+
+def test_persistent_rate_limit_says_so(scripted):
+    srv, url = scripted(script=[429, 429])
+    engine = OpenAIEngine(url, "m", max_retries=1, backoff=0.0)
+    with pytest.raises(EngineUnavailableError, match="rate-limited"):
+        engine.generate([_chat("x")], GREEDY)

@@ -247,3 +247,19 @@ def test_rewards_pickle(embedded_engine):
     clone = pickle.loads(pickle.dumps(reward))
     assert clone.__name__ == "cat_rubric_reward" and clone.judge.model_name == "judge-model"
     assert RUBRIC_PROMPT.count("{reference}") == 1
+
+
+def test_rubric_parsing_is_script_agnostic_and_keeps_comparisons():
+    russian = "".join(f"<criterion>{c}</criterion>" for c in
+                      ("Советует отдых.", "Рекомендует пить воду.", "Советует врача.", "Вежливый тон.", "Без диагноза."))
+    parsed = parse_rubric(russian)
+    assert parsed.ok and len(parsed.criteria) == 5
+    assert not parse_rubric("<criterion>Советует 2 раза</criterion>" * 2 + russian).dropped_duplicates == 0
+    odd = "<criterion>Says dose < 5 mg and > 1 mg & more</criterion>" + FIVE  # not well-formed XML: regex path
+    assert parse_rubric(odd).criteria[0] == "Says dose < 5 mg and > 1 mg & more"
+
+
+def test_logprob_judge_without_yes_or_no_mass_is_unparsed(embedded_engine):
+    judge = Judge(embedded_engine, "logprob", template="{response}{criterion}", min_mass=0.99)
+    (verdict,) = judge.judge([JudgeItem(None, "Write a long poem about the sea.", "")])
+    assert not verdict.parsed and not verdict.met and verdict.score == 0.0

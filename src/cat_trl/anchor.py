@@ -116,6 +116,9 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
     tokenizer = trainer.processing_class
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # processors wrap a tokenizer
     common = dict(batch_size=args.cat_anchor_batch_size, max_context_tokens=args.cat_anchor_max_context)
+    # Policy-sharing anchors (PEFT base, TRL's ref model) are sharded under FSDP / ZeRO-3: their forward passes are
+    # collectives, so the engine keeps all ranks at the same number of micro-batches.
+    sharded = trainer.accelerator.num_processes > 1 and (trainer.is_fsdp_enabled or _is_zero3(trainer))
 
     if source == "peft_base":
 
@@ -133,7 +136,9 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
                     yield model
 
         config = trainer.accelerator.unwrap_model(trainer.model).config
-        engine = TransformersEngine(provider, tokenizer, name=f"{config._name_or_path}:peft_base", **common)
+        engine = TransformersEngine(
+            provider, tokenizer, name=f"{config._name_or_path}:peft_base", collective=sharded, **common
+        )
     elif source == "ref_model":
 
         def provider():
@@ -142,7 +147,9 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
             )
 
         config = trainer.accelerator.unwrap_model(trainer.ref_model).config
-        engine = TransformersEngine(provider, tokenizer, name=f"{config._name_or_path}:ref_model", **common)
+        engine = TransformersEngine(
+            provider, tokenizer, name=f"{config._name_or_path}:ref_model", collective=sharded, **common
+        )
     else:
         path = args.cat_anchor_model_name_or_path or model_name_or_path
         if path is None:
@@ -152,14 +159,21 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
         path = resolve_model_path(path)
         init_kwargs = dict(args.model_init_kwargs or {})
         dtype = init_kwargs.get("dtype", trainer.accelerator.unwrap_model(trainer.model).dtype)
+        # Under ZeRO-3, transformers partitions every model it loads (zero.Init): the copy is sharded too.
         engine = TransformersEngine.from_pretrained(
-            path, dtype=dtype, device=trainer.accelerator.device, load_kwargs=init_kwargs, **common
+            path, dtype=dtype, device=trainer.accelerator.device, load_kwargs=init_kwargs,
+            collective=_is_zero3(trainer) and trainer.accelerator.num_processes > 1, **common
         )
     if engine.max_context_tokens is None:
         model = trainer.accelerator.unwrap_model(trainer.model)
         engine._max_context = getattr(model.config, "max_position_embeddings", None)
     logger.info("CaT anchor: %s engine, weights from %s", args.cat_anchor_engine, source)
     return engine, source
+
+
+def _is_zero3(trainer) -> bool:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(trainer.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
 
 
 def build_estimator(args, engine: Engine | None, matcher: AnswerMatcher) -> ReferenceEstimator:

@@ -134,6 +134,11 @@ class CaTGRPOConfig(GRPOConfig):
     cat_judge_prompt: str | None = field(
         default=None, metadata={"help": "Override the judge prompt ({response}, {criterion}, optional {conversation})."}
     )
+    cat_judge_chat_template_kwargs: dict | None = field(
+        default=None,
+        metadata={"help": "Chat-template kwargs for the judge's requests (NOT inherited from the policy's: hosted "
+        "APIs reject the field). E.g. {enable_thinking: false} for a Qwen3 judge served by vLLM."},
+    )
     cat_judge_max_new_tokens: int = field(default=8, metadata={"help": "Judge answer length in generate mode."})
     cat_judge_max_concurrency: int = field(default=8, metadata={"help": "Judge requests in flight (openai)."})
     cat_judge_timeout: float = field(default=120.0, metadata={"help": "Seconds per judge request (openai)."})
@@ -218,9 +223,12 @@ class CaTGRPOConfig(GRPOConfig):
             return
         _choice("cat_judge_engine", self.cat_judge_engine, JUDGE_ENGINES)
         _choice("cat_judge_mode", self.cat_judge_mode, JUDGE_MODES)
-        if self.cat_reward in ("rubric", "judge_equivalence") and self.cat_estimator != "synthesis":
+        if self.cat_estimator != "synthesis":
             raise ValueError(f"cat_reward={self.cat_reward} needs cat_estimator: synthesis (majority vote needs "
                              "final answers, which open-ended responses do not have).")
+        if self.cat_judge_chat_template_kwargs is not None and not isinstance(self.cat_judge_chat_template_kwargs,
+                                                                              dict):
+            raise ValueError("cat_judge_chat_template_kwargs must be a mapping")
         if self.cat_judge_engine == "openai" and not (self.cat_judge_base_url and self.cat_judge_model):
             raise ValueError("cat_judge_engine=openai needs cat_judge_base_url and cat_judge_model (served name).")
         if self.cat_judge_engine == "transformers" and not self.cat_judge_model:

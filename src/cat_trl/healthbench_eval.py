@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=["eval", "train"], default="eval")
+    p.add_argument("--holdout-from", default=None, help="the file training used (e.g. the `all` JSONL): the "
+                   "hold-out is drawn from it and intersected with --data (for hard/consensus evaluation)")
     p.add_argument("--max-examples", type=int, default=None)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--policy", help="checkpoint path / alias, or the served name with --policy-base-url")
@@ -36,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-max-new-tokens", type=int, default=1024)
     p.add_argument("--policy-temperature", type=float, default=0.0)
     p.add_argument("--policy-batch-size", type=int, default=8)
+    p.add_argument("--chat-template-kwargs", type=json.loads, default=None,
+                   help='JSON, as in training, e.g. \'{"enable_thinking": false}\'')
+    p.add_argument("--system-prompt", default=None, help="system message used in training, if any")
+    p.add_argument("--device", default=None, help="local models: default cuda when available, else cpu")
     grader = p.add_mutually_exclusive_group(required=True)
     grader.add_argument("--grader-base-url", help="OpenAI-compatible grader server")
     grader.add_argument("--grader-local", help="local grader checkpoint / alias")
@@ -46,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grader-max-attempts", type=int, default=5)
     p.add_argument("--grader-max-new-tokens", type=int, default=2048)
     p.add_argument("--grader-concurrency", type=int, default=16)
+    p.add_argument("--grader-batch-size", type=int, default=8, help="local grader: sequences per generate call")
     p.add_argument("--bootstrap-samples", type=int, default=1000)
     p.add_argument("--output", default="healthbench_eval.json")
     return p
@@ -53,9 +61,33 @@ def _parser() -> argparse.ArgumentParser:
 
 def _examples(args) -> list[dict]:
     records = read_healthbench(args.data, args.subset)
-    train, held = split_healthbench(records, args.holdout, args.seed)
-    examples = held if args.split == "eval" else train
+    if args.holdout_from:
+        # The split must be the one training excluded: draw it from the training file, then keep those ids here.
+        train, held = split_healthbench(read_healthbench(args.holdout_from), args.holdout, args.seed)
+        ids = {r["prompt_id"] for r in (held if args.split == "eval" else train)}
+        examples = [r for r in records if r["prompt_id"] in ids]
+        if not examples:
+            raise ValueError(f"no example of {args.data} is in the {args.split} split of {args.holdout_from}")
+    else:
+        train, held = split_healthbench(records, args.holdout, args.seed)
+        examples = held if args.split == "eval" else train
     return examples[: args.max_examples] if args.max_examples else examples
+
+
+def _device(args) -> str:
+    if args.device:
+        return args.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
+
+
+def _strip_thinking(text: str) -> str:
+    """The graded response is the answer, not a reasoning trace (HealthBench grades what the user sees)."""
+    return _THINK.sub("", text).strip()
 
 
 def _responses(args, examples: list[dict]) -> list[str]:
@@ -75,9 +107,15 @@ def _responses(args, examples: list[dict]) -> list[str]:
         from .engines.transformers_engine import TransformersEngine
         from .models import resolve_model_path
 
-        engine = TransformersEngine.from_pretrained(resolve_model_path(args.policy),
+        engine = TransformersEngine.from_pretrained(resolve_model_path(args.policy), device=_device(args),
                                                     batch_size=args.policy_batch_size)
-    return [g.text for g in engine.generate([e["prompt"] for e in examples], sampling)]
+    conversations = []
+    for e in examples:
+        conv = [dict(m) for m in e["prompt"]]
+        if args.system_prompt and conv[0]["role"] != "system":
+            conv.insert(0, {"role": "system", "content": args.system_prompt})
+        conversations.append(conv)
+    return [_strip_thinking(g.text) for g in engine.generate(conversations, sampling, args.chat_template_kwargs)]
 
 
 def _grader(args):
@@ -90,11 +128,13 @@ def _grader(args):
 
         engine = OpenAIEngine(args.grader_base_url, args.grader_model, api_key_env=args.grader_api_key_env,
                               max_concurrency=args.grader_concurrency)
+        engine.check()  # an unreachable grader fails now, not after every response was generated
     else:
         from .engines.transformers_engine import TransformersEngine
         from .models import resolve_model_path
 
-        engine = TransformersEngine.from_pretrained(resolve_model_path(args.grader_local))
+        engine = TransformersEngine.from_pretrained(resolve_model_path(args.grader_local), device=_device(args),
+                                                    batch_size=args.grader_batch_size)
     template = GRADER_PROMPT
     if args.grader_template:
         with open(args.grader_template) as f:
@@ -108,20 +148,29 @@ def _grader(args):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .engines.openai_engine import EngineError
+
     try:
         examples = _examples(args)  # data problems fail before any model loads
         grader = _grader(args)
         responses = _responses(args, examples)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, EngineError) as err:
         print(f"cat-trl healthbench-eval: {err}", file=sys.stderr)
         return 2
     from .evaluation.healthbench import format_score
 
-    result = grader.grade(examples, responses)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    responses_path = os.path.splitext(args.output)[0] + ".responses.jsonl"
+    with open(responses_path, "w") as f:  # kept even if grading fails: re-grade with --responses
+        f.writelines(json.dumps({"prompt_id": e["prompt_id"], "response": r}) + "\n" for e, r in zip(examples, responses))
+    try:
+        result = grader.grade(examples, responses)
+    except EngineError as err:
+        print(f"cat-trl healthbench-eval: grading failed ({err}); responses kept in {responses_path}", file=sys.stderr)
+        return 1
     result["policy"] = args.policy or args.responses
     for example, response in zip(result["examples"], responses):
         example["response"] = response
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=2, default=str)
     print(format_score(result))

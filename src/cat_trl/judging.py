@@ -35,7 +35,7 @@ def build_judge_engine(args) -> Engine | None:
 def build_judge(args, engine: Engine | None) -> Judge:
     template = args.cat_judge_prompt or (EQUIVALENCE_PROMPT if args.cat_reward == "judge_equivalence" else JUDGE_PROMPT)
     return Judge(engine if engine is not None else _Pending(), args.cat_judge_mode, template=template,
-                 max_new_tokens=args.cat_judge_max_new_tokens, chat_template_kwargs=args.chat_template_kwargs)
+                 max_new_tokens=args.cat_judge_max_new_tokens, chat_template_kwargs=args.cat_judge_chat_template_kwargs)
 
 
 class _Pending(Engine):

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from transformers import TrainerCallback  # noqa: E402
 from trl import ModelConfig, TrlParser, get_peft_config  # noqa: E402
 
 from .config import CaTGRPOConfig  # noqa: E402
@@ -108,10 +109,11 @@ def run(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_args: ModelC
         peft_config=get_peft_config(model_args),
         anchor_model_name_or_path=model_path,
     )
+    trainer.add_callback(RunConfigCallback(run_config(script_args, args, model_args, trainer)))
     if trainer.accelerator.is_main_process:
         logger.info("CaT: estimator=%s anchor=%s budget=%s", args.cat_estimator, trainer.cat_anchor_source,
                     trainer.cat_budget)
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resolve_checkpoint(args.resume_from_checkpoint, args.output_dir))
     trainer.save_model(args.output_dir)
 
     summary = summarize(trainer.state.log_history)
@@ -120,6 +122,59 @@ def run(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_args: ModelC
             json.dump({"steps": trainer.state.global_step, "metrics": summary}, f, indent=2)
         print(format_summary(trainer.state.global_step, summary))
     return trainer, summary
+
+
+def run_config(script_args, args, model_args, trainer) -> dict:
+    """What the W&B run config needs beyond `args.to_dict()` (which TRL already logs, every `cat_*` field included):
+    the dataset and model arguments, G, and how the anchor and judge were actually resolved."""
+    import dataclasses
+
+    judge = getattr(trainer, "cat_judge", None)
+    return {
+        "model_name_or_path": model_args.model_name_or_path,
+        "dataset_name": script_args.dataset_name,
+        "data": dataclasses.asdict(script_args),
+        "model": dataclasses.asdict(model_args),
+        "G": args.num_generations,
+        "cat": {
+            "anchor_source": trainer.cat_anchor_source,
+            "anchor_engine": getattr(trainer.cat_engine, "name", None),
+            "judge_model": judge.model_name if judge is not None else None,
+            "anchor_budget": trainer.cat_budget,
+        },
+    }
+
+
+class RunConfigCallback(TrainerCallback):
+    """Adds `run_config(...)` to the W&B run once TRL's W&B callback has started it (callbacks run in order)."""
+
+    def __init__(self, extra: dict):
+        self.extra = extra
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or "wandb" not in (args.report_to or []):
+            return
+        import wandb
+
+        if wandb.run is not None:
+            wandb.config.update(self.extra, allow_val_change=True)
+
+
+def resolve_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
+    """`resume_from_checkpoint`: a checkpoint directory, or `true`/`last` for the newest one in output_dir. The anchor
+    is never loaded from it: pi_0 always comes from the initial model (see `anchor.py`)."""
+    if value in (None, "", False, "false", "False"):
+        return None
+    if value in (True, "true", "True", "last", "latest"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint={value!r} but {output_dir} holds no checkpoint-* directory")
+        return last
+    if not os.path.isdir(str(value)):
+        raise ConfigError(f"resume_from_checkpoint: {value} is not a directory")
+    return str(value)
 
 
 def format_summary(steps: int, summary: dict[str, dict[str, float]]) -> str:

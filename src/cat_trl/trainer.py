@@ -31,7 +31,7 @@ from .data.healthbench import GOLD_RUBRICS_COLUMN
 from .judging import build_judge, build_judge_engine, open_ended_rewards
 from .data import GOLD_COLUMN
 from .engines.base import Engine
-from .estimators.base import ReferenceEstimator
+from .estimators.base import NoReference, ReferenceEstimator
 from .extraction import get_extractor
 from .grouping import estimate_all, gather_all, gather_groups, local_references
 from .metrics import aggregate, analyse_group
@@ -118,11 +118,13 @@ class CaTGRPOTrainer(GRPOTrainer):
         self.cat_matcher = AnswerMatcher(args.cat_match, args.cat_match_timeout)
         self.cat_extract = get_extractor(args.cat_answer_extraction)
         self.cat_anchor_source = "n/a"
+        if estimator is None and args.cat_reward == "physician_rubric":
+            estimator = NoReference()  # the oracle scores against physician rubrics: no anchor work at all
         if estimator is None and args.cat_estimator == "synthesis" and anchor_engine is None:
             anchor_engine, self.cat_anchor_source = build_anchor_engine(self, anchor_model_name_or_path)
         self.cat_engine = anchor_engine
         if self.cat_judge is not None and args.cat_judge_engine == "anchor":
-            if anchor_engine is None:
+            if anchor_engine is None:  # e.g. physician_rubric, which builds no anchor
                 raise ValueError("cat_judge_engine=anchor needs the synthesis anchor engine")
             logger.warning("cat_judge_engine=anchor: the judge is pi_0 itself, not an independent model.")
             self.cat_judge.engine = anchor_engine
@@ -186,7 +188,7 @@ class CaTGRPOTrainer(GRPOTrainer):
             analyse_group(group, ref, self.cat_matcher, None if golds is None else golds[g], self.cat_extract)
             for g, (group, ref) in enumerate(zip(batch.groups, references))
         ]
-        verifiable = getattr(self.cat_estimator, "extract_answer", True) is not None
+        verifiable = not self.args.open_ended and getattr(self.cat_estimator, "extract_answer", True) is not None
         metrics = aggregate(diags, batch.num_generations, verifiable=verifiable)
         metrics["anchor_seconds"] = anchor_seconds
         if self.args.cat_reward == "rubric":

@@ -144,8 +144,9 @@ class OpenAIEngine(Engine):
         blob = json.dumps({"url": self.base_url + path, "body": body}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One request with caching and retries."""
+    def _post(self, path: str, body: dict[str, Any], validate=None) -> dict[str, Any]:
+        """One request with caching and retries. `validate(data)` raises `EngineError` on an unusable body; only
+        validated bodies are cached (an error body must not be replayed from the cache forever)."""
         import httpx
 
         key = self._key(path, body) if self.cache_enabled else None
@@ -184,12 +185,16 @@ class OpenAIEngine(Engine):
                 data = response.json()
             except ValueError as err:
                 raise EngineError(f"{url} returned a body that is not JSON: {response.text[:300]!r}") from err
+            if validate is not None:
+                validate(data)
             if key is not None:
                 self._store(key, data)
             return data
+        hint = ("the server kept answering with a transient error status (overloaded, rate-limited or out of quota?)"
+                if isinstance(last, str) else "is the server running and reachable from this machine?")
         raise EngineUnavailableError(
             f"Cannot get a completion from the OpenAI-compatible server at {url} (model {self.model!r}) after "
-            f"{self.max_retries + 1} attempts: {last!r}. Is the server running and reachable from this machine?"
+            f"{self.max_retries + 1} attempts: {last!r}; {hint}"
         )
 
     def _store(self, key: str, data: dict[str, Any]) -> None:
@@ -229,6 +234,22 @@ class OpenAIEngine(Engine):
 
     # ---------------------------------------------------------------- Engine API
 
+    def _check_completion(self, data: dict[str, Any]) -> None:
+        try:
+            message = data["choices"][0]["message"]
+            if not isinstance(message, dict):
+                raise TypeError(type(message).__name__)
+        except (KeyError, IndexError, TypeError) as err:
+            raise EngineError(f"Malformed chat completion from {self.base_url}: {str(data)[:300]}") from err
+
+    def _check_logprobs(self, data: dict[str, Any]) -> None:
+        if not _top_logprobs(data):
+            raise EngineError(
+                f"The server at {self.base_url} (model {self.model!r}) returned no top_logprobs: it does not "
+                "support log-probabilities (transformers serve ignores them). Use the judge's `generate` mode "
+                "with this server, or serve the judge with vLLM / an API that returns logprobs."
+            )
+
     def _body(self, conversation: Conversation, sampling: SamplingSettings, chat_template_kwargs) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
@@ -263,12 +284,10 @@ class OpenAIEngine(Engine):
         start = time.perf_counter()
 
         def one(conversation: Conversation) -> Generation:
-            data = self._post("/chat/completions", self._body(conversation, sampling, chat_template_kwargs))
-            try:
-                choice = data["choices"][0]
-                text = choice["message"].get("content") or ""
-            except (KeyError, IndexError, TypeError, AttributeError) as err:
-                raise EngineError(f"Malformed chat completion from {self.base_url}: {str(data)[:300]}") from err
+            data = self._post("/chat/completions", self._body(conversation, sampling, chat_template_kwargs),
+                              validate=self._check_completion)
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ''
             usage = data.get("usage") or {}
             finish = "length" if choice.get("finish_reason") == "length" else "stop"
             return Generation(text, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, finish)
@@ -295,19 +314,7 @@ class OpenAIEngine(Engine):
         def one(conversation: Conversation) -> dict[str, float]:
             body = self._body(conversation, sampling, chat_template_kwargs)
             body.update(logprobs=True, top_logprobs=top_logprobs)
-            data = self._post("/chat/completions", body)
-            try:
-                content = data["choices"][0].get("logprobs", {}) or {}
-                first = (content.get("content") or [])[0]
-                tops = first.get("top_logprobs") or []
-            except (KeyError, IndexError, TypeError, AttributeError):
-                tops = []
-            if not tops:
-                raise EngineError(
-                    f"The server at {self.base_url} (model {self.model!r}) returned no top_logprobs: it does not "
-                    "support log-probabilities (transformers serve ignores them). Use the judge's `generate` mode "
-                    "with this server, or serve the judge with vLLM / an API that returns logprobs."
-                )
+            tops = _top_logprobs(self._post("/chat/completions", body, validate=self._check_logprobs))
             out = {}
             for cand in candidates:
                 probs = [math.exp(t["logprob"]) for t in tops if str(t.get("token", "")).strip().lower() in variants[cand]]
@@ -320,6 +327,15 @@ class OpenAIEngine(Engine):
         self.stats.sequences += len(results)
         self.stats.seconds += time.perf_counter() - start
         return results
+
+
+def _top_logprobs(data: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        content = data["choices"][0].get("logprobs", {}) or {}
+        first = (content.get("content") or [])[0]
+        return [t for t in (first.get("top_logprobs") or []) if isinstance(t.get("logprob"), (int, float))]
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return []
 
 
 def _retry_after(header: str | None, default: float) -> float:

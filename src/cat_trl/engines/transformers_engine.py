@@ -71,6 +71,10 @@ class TransformersEngine(Engine):
         batch_size: sequences per `generate` micro-batch (bounds activation memory); None = the whole call at once.
         max_context_tokens: context window; defaults to the config's `max_position_embeddings`.
         name: recorded in logs.
+        collective: the model is sharded across ranks (FSDP, ZeRO-3): every forward pass is a collective, so every
+            rank must run the same number of micro-batches -- also with nothing to do. Calls are then padded with
+            no-op micro-batches to the largest count over ranks, and `generate` runs with `synced_gpus`. All ranks
+            must call the engine the same number of times (the estimators, proposer and judge always call it).
     """
 
     def __init__(
@@ -81,8 +85,10 @@ class TransformersEngine(Engine):
         batch_size: int | None = None,
         max_context_tokens: int | None = None,
         name: str | None = None,
+        collective: bool = False,
     ):
         super().__init__()
+        self.collective = collective
         if isinstance(model, torch.nn.Module):
             frozen = model
             self._provider: ModelProvider = lambda: contextlib.nullcontext(frozen)
@@ -176,24 +182,42 @@ class TransformersEngine(Engine):
         sampling: SamplingSettings,
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[Generation]:
-        if not conversations:
+        if not conversations and not self.collective:
             return []
         start = time.perf_counter()
         prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
         # Sort by length so each micro-batch pads little; results are put back in the caller's order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        size = self.batch_size or len(prompts)
         results: list[Generation | None] = [None] * len(prompts)
         with self._model() as model, self._seeded(model, sampling.seed):
             eos = self._eos_ids(model)
             config = self._generation_config(sampling, eos)
-            for b in range(0, len(order), size):
-                idx = order[b : b + size]
+            for idx in self._plan(order):
+                if idx is None:  # no-op micro-batch: keeps this rank in step with the others
+                    self._generate_batch(model, [self._noop_prompt()], config, eos)
+                    continue
                 batch = [prompts[i] for i in idx]
                 for i, gen in zip(idx, self._generate_batch(model, batch, config, eos, sampling.stop)):
                     results[i] = gen
         self._account(results, time.perf_counter() - start)
         return results  # type: ignore[return-value]
+
+    def _plan(self, order: list[int]) -> list[list[int] | None]:
+        """Micro-batches over `order`; in collective mode padded with `None` (no-op) to the largest count of any
+        rank. The count exchange is itself a collective, made on every call."""
+        size = self.batch_size or max(len(order), 1)
+        batches: list[list[int] | None] = [order[b : b + size] for b in range(0, len(order), size)]
+        if self.collective:
+            from ..grouping import gather_all
+
+            target = max(gather_all([len(batches)]))
+            padding = target - len(batches)
+            batches += [None] * padding
+            self.stats.extra["noop_batches"] = self.stats.extra.get("noop_batches", 0) + padding
+        return batches
+
+    def _noop_prompt(self) -> list[int]:
+        return self._prompt_ids([{"role": "user", "content": "."}], None)
 
     @contextlib.contextmanager
     def _seeded(self, model: PreTrainedModel, seed: int | None) -> Iterator[None]:
@@ -239,7 +263,11 @@ class TransformersEngine(Engine):
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         criteria = [_StopOnGeneratedText(self.tokenizer, stops, width)] if stops else None
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, generation_config=config, stopping_criteria=criteria
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            stopping_criteria=criteria,
+            **({"synced_gpus": True} if self.collective else {}),
         )
         generations = []
         for prompt, row in zip(prompts, out[:, width:].tolist()):
@@ -271,7 +299,7 @@ class TransformersEngine(Engine):
     ) -> list[list[float]]:
         if len(conversations) != len(continuations):
             raise ValueError(f"{len(conversations)} conversations but {len(continuations)} continuations")
-        if not conversations:
+        if not conversations and not self.collective:
             return []
         start = time.perf_counter()
         pairs = []
@@ -279,13 +307,14 @@ class TransformersEngine(Engine):
             prompt = self._prompt_ids(conv, chat_template_kwargs)
             pairs.append((prompt, self.tokenizer(cont, add_special_tokens=False)["input_ids"]))
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-        size = self.batch_size or len(pairs)
         results: list[list[float]] = [[] for _ in pairs]
         with self._model() as model:
             device = next(model.parameters()).device
             pad = self.tokenizer.pad_token_id
-            for b in range(0, len(order), size):
-                idx = order[b : b + size]
+            for idx in self._plan(order):
+                if idx is None:
+                    model(input_ids=torch.tensor([self._noop_prompt()], device=device))
+                    continue
                 seqs = [pairs[i][0] + pairs[i][1] for i in idx]
                 width = max(len(s) for s in seqs)
                 ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
@@ -307,7 +336,7 @@ class TransformersEngine(Engine):
         candidates: tuple[str, ...],
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[dict[str, float]]:
-        if not conversations:
+        if not conversations and not self.collective:
             return []
         start = time.perf_counter()
         # First token of every spelling of every candidate; a token shared by two candidates counts for neither.
@@ -323,13 +352,14 @@ class TransformersEngine(Engine):
                 raise ValueError(f"candidate {cand!r} has no first token distinct from the other candidates")
         prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        size = self.batch_size or len(prompts)
         results: list[dict[str, float]] = [{} for _ in prompts]
         with self._model() as model:
             device = next(model.parameters()).device
             pad = self.tokenizer.pad_token_id
-            for b in range(0, len(order), size):
-                idx = order[b : b + size]
+            for idx in self._plan(order):
+                if idx is None:
+                    model(input_ids=torch.tensor([self._noop_prompt()], device=device))
+                    continue
                 width = max(len(prompts[i]) for i in idx)
                 # Left padding: the next-token distribution of every row sits in the last column.
                 ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
@@ -337,7 +367,10 @@ class TransformersEngine(Engine):
                     [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=device
                 )
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+                # logits_to_keep=1: only the last position's logits are materialised (vocab x length would not fit).
+                logits = model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+                ).logits[:, -1].float()
                 logps = torch.log_softmax(logits, dim=-1)
                 for row, i in enumerate(idx):
                     results[i] = {

@@ -54,3 +54,12 @@ class ReferenceEstimator(ABC):
     @abstractmethod
     def estimate(self, groups: list[Group]) -> list[Reference]:
         """One reference per group, in order. Must accept an empty list. Must not raise on malformed completions."""
+
+
+class NoReference(ReferenceEstimator):
+    """For rewards that use no reference (the physician-rubric oracle baseline): no anchor call at all."""
+
+    name = "none"
+
+    def estimate(self, groups: list[Group]) -> list[Reference]:
+        return [Reference(text=None) for _ in groups]

@@ -55,6 +55,8 @@ class Judge:
         mode: `generate` or `logprob`.
         template: with `{response}` and `{criterion}`, optionally `{conversation}`.
         max_new_tokens: answer length in `generate` mode (greedy).
+        min_mass: `logprob` mode: when p(yes) + p(no) is below this, the judge was not answering yes/no (e.g. it
+            starts with "<think>" or "The"): the verdict is "no" and counted as unparsed, like in `generate` mode.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class Judge:
         template: str = JUDGE_PROMPT,
         max_new_tokens: int = 8,
         chat_template_kwargs: dict[str, Any] | None = None,
+        min_mass: float = 0.05,
     ):
         if mode not in JUDGE_MODES:
             raise ValueError(f"judge mode {mode!r} is not one of {JUDGE_MODES}")
@@ -72,6 +75,7 @@ class Judge:
         self.engine, self.mode, self.template = engine, mode, template
         self.sampling = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0)
         self.chat_template_kwargs = chat_template_kwargs
+        self.min_mass = min_mass
 
     @property
     def model_name(self) -> str:
@@ -86,7 +90,7 @@ class Judge:
         )
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
-        if not items:
+        if not items and not getattr(self.engine, "collective", False):
             return []
         prompts = [self.prompt(item) for item in items]
         # Shared prefixes adjacent: a stable sort on the prompt text keeps a response's criteria together.
@@ -97,7 +101,10 @@ class Judge:
             scores = self.engine.next_token_logprobs(conversations, ("yes", "no"), self.chat_template_kwargs)
             for i, lp in zip(order, scores):
                 yes, no = math.exp(lp["yes"]), math.exp(lp["no"])
-                p = yes / (yes + no) if yes + no > 0 else 0.0
+                if yes + no < self.min_mass:
+                    verdicts[i] = Verdict(met=False, score=0.0, parsed=False, raw=f"p(yes)+p(no)={yes + no:.3g}")
+                    continue
+                p = yes / (yes + no)
                 verdicts[i] = Verdict(met=p > 0.5, score=p)
         else:
             outputs = self.engine.generate(conversations, self.sampling, self.chat_template_kwargs)

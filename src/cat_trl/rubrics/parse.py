@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 _RUBRIC = re.compile(r"<rubric\b[^>]*>.*?</rubric>", re.DOTALL | re.IGNORECASE)
 _CRITERION = re.compile(r"<criterion\b[^>]*>(.*?)(?:</criterion>|(?=<criterion\b)|(?=</rubric>)|\Z)", re.DOTALL | re.IGNORECASE)
-_TAGS = re.compile(r"<[^>]+>")
+_TAGS = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>")  # real tags only: "dose < 5 mg and > 1" survives
 _LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+(.+?)\s*$", re.MULTILINE)
 _MAX_CRITERION_CHARS = 500
 
@@ -38,7 +38,8 @@ def _clean(text: str) -> str:
 
 
 def _key(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+    """Duplicate key: case- and punctuation-insensitive, any script (HealthBench is multilingual)."""
+    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
 
 
 def _xml_criteria(text: str) -> list[str] | None:

@@ -63,9 +63,11 @@ class RubricProposer:
         no rubric and cost no engine call."""
         todo = [i for i, ref in enumerate(references) if ref.text and ref.text.strip()]
         prompts = [self.prompt(references[i].text, groups[i].prompt) for i in todo]
-        outputs = self.engine.generate(
-            [[{"role": "user", "content": p}] for p in prompts], self.sampling, self.chat_template_kwargs
-        ) if todo else []
+        outputs = []
+        if todo or getattr(self.engine, "collective", False):  # a sharded anchor needs every rank to call
+            outputs = self.engine.generate(
+                [[{"role": "user", "content": p}] for p in prompts], self.sampling, self.chat_template_kwargs
+            )
         for ref in references:
             ref.rubric = None
             ref.diagnostics.update(rubric_failed=True, rubric_error="no reference text", rubric_size=0)
