@@ -11,6 +11,9 @@ commands:
   train CONFIG.yaml [--key value ...]
           CaT-RL (GRPO with anchor-synthesized references). Same as
           `accelerate launch -m cat_trl.train --config CONFIG.yaml [--key value ...]`.
+  sweep SWEEP.yaml [--local] [--dry_run] [-- extra args]
+          Grid over G (prompts per step fixed): creates the W&B sweep, or runs it here offline with --local and
+          writes a comparison table and plot.
   healthbench-eval --policy MODEL --grader-base-url URL --grader-model NAME [...]
           Score a policy on the HealthBench hold-out with the physician rubrics (see --help).
 """
@@ -29,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .train import main as train_main
 
         return train_main(["--config", rest[0], *rest[1:]])
+    if command == "sweep":
+        from .sweep import main as sweep_main
+
+        return sweep_main(rest)
     if command == "healthbench-eval":
         from .healthbench_eval import main as hb_main
 

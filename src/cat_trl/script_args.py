@@ -55,6 +55,11 @@ class CaTScriptArguments(ScriptArguments):
     synthetic_max_steps: int = field(
         default=2, metadata={"help": "Built-in data: at most this many arithmetic steps per word problem (1-3)."}
     )
+    prompts_per_step: int | None = field(
+        default=None,
+        metadata={"help": "Prompts per generation batch, fixed whatever num_generations is: per_device_train_batch_"
+        "size is derived from it (G sweeps). Leave unset to size the batch yourself."},
+    )
     healthbench_holdout: int = field(
         default=500, metadata={"help": "HealthBench: examples held out (seeded) for evaluation; training uses the rest."}
     )

@@ -35,7 +35,48 @@ def make_parser() -> TrlParser:
     return TrlParser((CaTScriptArguments, CaTGRPOConfig, ModelConfig))
 
 
+def _cli_value(argv: list[str], key: str):
+    """The last `--key value` / `--key=value` in argv, or None."""
+    found = None
+    for i, tok in enumerate(argv):
+        if tok == f"--{key}" and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif tok.startswith(f"--{key}="):
+            found = tok.split("=", 1)[1]
+    return found
+
+
+def apply_prompts_per_step(argv: list[str]) -> list[str]:
+    """`prompts_per_step: P` (recipe or CLI) fixes the prompts per generation batch whatever G is: it derives
+    `per_device_train_batch_size` from P, G, WORLD_SIZE and steps_per_generation *before* TRL validates the batch
+    (a sweep over G would otherwise hit TRL's divisibility check for every G the base batch does not fit)."""
+    import yaml
+
+    from .sweep import SweepError, derive_batch
+
+    config_path = _cli_value(argv, "config")
+    recipe = {}
+    if config_path and os.path.exists(config_path):
+        with open(config_path) as f:
+            recipe = yaml.safe_load(f) or {}
+    value = lambda key, default=None: _cli_value(argv, key) or recipe.get(key, default)  # noqa: E731
+    prompts = value("prompts_per_step")
+    if prompts in (None, "None", "null"):
+        return argv
+    if value("generation_batch_size") not in (None, "None", "null"):
+        raise ConfigError("prompts_per_step and generation_batch_size both set: prompts_per_step derives the batch")
+    spg = value("steps_per_generation") or value("gradient_accumulation_steps", 1)
+    try:
+        batch = derive_batch(int(value("num_generations", 8)), int(prompts), int(os.environ.get("WORLD_SIZE", 1)),
+                             int(spg))
+    except SweepError as err:
+        raise ConfigError(str(err)) from err
+    return [*argv, f"--per_device_train_batch_size={batch}"]
+
+
 def parse_args(argv: Sequence[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = apply_prompts_per_step(argv)
     try:
         return make_parser().parse_args_and_config(args=argv)
     except ValueError as err:  # TrlParser's unknown keys, GRPOConfig/CaTGRPOConfig __post_init__ checks
@@ -118,6 +159,8 @@ def run(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_args: ModelC
 
     summary = summarize(trainer.state.log_history)
     if trainer.accelerator.is_main_process:
+        with open(os.path.join(args.output_dir, "cat_history.json"), "w") as f:
+            json.dump(trainer.state.log_history, f, default=str)
         with open(os.path.join(args.output_dir, "cat_summary.json"), "w") as f:
             json.dump({"steps": trainer.state.global_step, "metrics": summary}, f, indent=2)
         print(format_summary(trainer.state.global_step, summary))

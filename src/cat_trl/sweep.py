@@ -1,0 +1,266 @@
+"""Sweeps over G (the paper's compute knob) with prompts per step held fixed.
+
+    cat-trl sweep yaml/sweeps/math500-qwen3-4b-G.yaml            # creates the W&B sweep (online), prints the agent
+    cat-trl sweep yaml/sweeps/quickstart-G.yaml --local           # the same grid, sequentially, offline, + report
+
+A sweep file is a W&B sweep definition (`method: grid`, `parameters`, a tokenised `command` ending in `${args}`) plus
+one cat-trl key, `prompts_per_step`. W&B cannot tie one parameter to another, so batch sizes are not swept: every run
+receives `--prompts_per_step P` and the entry point derives `per_device_train_batch_size` from P, G, the number of
+processes and `steps_per_generation` (`derive_batch`). `cat-trl sweep` checks that derivation for **every** grid
+point before anything launches, so a G that does not divide the batch fails in a second, not mid-sweep.
+Parameters reach every rank as CLI arguments (`${args}` -> `--key=value`), never through `wandb.config` alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CAT_KEYS = ("prompts_per_step",)
+MACROS = ("${args}", "${interpreter}", "${env}", "${program}")
+
+
+class SweepError(ValueError):
+    """A sweep definition or grid point that cannot run."""
+
+
+def derive_batch(num_generations: int, prompts_per_step: int, num_processes: int, steps_per_generation: int) -> int:
+    """per_device_train_batch_size such that one generation batch holds `prompts_per_step` prompts x G completions.
+
+    TRL: generation_batch_size = per_device_train_batch_size x num_processes x steps_per_generation."""
+    if min(num_generations, prompts_per_step, num_processes, steps_per_generation) < 1:
+        raise SweepError("G, prompts_per_step, num_processes and steps_per_generation must all be >= 1")
+    completions = prompts_per_step * num_generations
+    per_step = num_processes * steps_per_generation
+    if completions % per_step:
+        ok = [s for s in range(1, completions + 1) if completions % (num_processes * s) == 0]
+        raise SweepError(
+            f"G={num_generations} x prompts_per_step={prompts_per_step} = {completions} completions cannot be split "
+            f"over {num_processes} process(es) x steps_per_generation={steps_per_generation}; steps_per_generation "
+            f"values that work: {ok[:6]}"
+        )
+    return completions // per_step
+
+
+def _grid(parameters: dict[str, Any]) -> list[dict[str, Any]]:
+    names, choices = [], []
+    for name, spec in parameters.items():
+        if not isinstance(spec, dict):
+            raise SweepError(f"parameter {name!r}: expected a mapping with `values` or `value`")
+        if "values" in spec:
+            values = spec["values"]
+        elif "value" in spec:
+            values = [spec["value"]]
+        else:
+            raise SweepError(f"parameter {name!r}: grid sweeps need `values` (or a fixed `value`)")
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"parameter {name!r}: `values` must be a non-empty list")
+        names.append(name)
+        choices.append(values)
+    return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+
+
+def _num_processes(command: list[str]) -> int:
+    """From `--num_processes N` in the command, else the accelerate config file's `num_processes`, else 1."""
+    for i, tok in enumerate(command):
+        if tok == "--num_processes" and i + 1 < len(command):
+            return int(command[i + 1])
+        if tok.startswith("--num_processes="):
+            return int(tok.split("=", 1)[1])
+    for i, tok in enumerate(command):
+        if tok == "--config_file" and i + 1 < len(command) and os.path.exists(command[i + 1]):
+            with open(command[i + 1]) as f:
+                return int((yaml.safe_load(f) or {}).get("num_processes", 1))
+    return 1
+
+
+def _recipe(command: list[str]) -> dict[str, Any]:
+    for i, tok in enumerate(command):
+        if tok == "--config" and i + 1 < len(command):
+            path = command[i + 1]
+            if not os.path.exists(path):
+                raise SweepError(f"the sweep command's recipe {path} does not exist")
+            with open(path) as f:
+                return yaml.safe_load(f) or {}
+    raise SweepError("the sweep command must pass a recipe with `--config PATH`")
+
+
+def load_sweep(path: str) -> dict[str, Any]:
+    """Reads and checks a sweep file, returning it with its planned grid (`_plan`): one entry per run."""
+    with open(path) as f:
+        sweep = yaml.safe_load(f)
+    if not isinstance(sweep, dict):
+        raise SweepError(f"{path}: not a mapping")
+    if sweep.get("method") != "grid":
+        raise SweepError(f"{path}: method must be `grid` (G is a discrete compute knob; grid runs every point)")
+    command = sweep.get("command")
+    if not isinstance(command, list) or not all(isinstance(t, str) for t in command):
+        raise SweepError(f"{path}: `command` must be a tokenised list, e.g. [accelerate, launch, ..., ${{args}}]")
+    if "${args}" not in command:
+        raise SweepError(f"{path}: `command` must contain ${{args}} so every rank receives the parameters as CLI args")
+    if "num_generations" not in (sweep.get("parameters") or {}):
+        raise SweepError(f"{path}: a G sweep needs `num_generations` among its parameters")
+    prompts = sweep.get("prompts_per_step")
+    if not isinstance(prompts, int) or prompts < 1:
+        raise SweepError(f"{path}: `prompts_per_step` (a positive int, fixed across G) is required")
+    recipe = _recipe(command)
+    processes = _num_processes(command)
+    plan = []
+    for point in _grid(sweep["parameters"]):
+        spg = int(point.get("steps_per_generation", recipe.get("steps_per_generation")
+                            or recipe.get("gradient_accumulation_steps", 1)))
+        try:
+            batch = derive_batch(int(point["num_generations"]), prompts, processes, spg)
+        except SweepError as err:
+            raise SweepError(f"{path}: grid point {point}: {err}") from err
+        plan.append({"parameters": point, "per_device_train_batch_size": batch, "num_processes": processes})
+    sweep["_plan"] = plan
+    return sweep
+
+
+def wandb_definition(sweep: dict[str, Any]) -> dict[str, Any]:
+    """The W&B sweep definition: cat-trl keys folded into the command (every run gets --prompts_per_step)."""
+    definition = {k: v for k, v in sweep.items() if k not in CAT_KEYS and not k.startswith("_")}
+    command = list(sweep["command"])
+    at = command.index("${args}")
+    command[at:at] = [f"--prompts_per_step={sweep['prompts_per_step']}"]
+    definition["command"] = command
+    return definition
+
+
+def run_args(point: dict[str, Any]) -> list[str]:
+    """W&B's `${args}` expansion: `--key=value` per parameter."""
+    return [f"--{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in point.items()]
+
+
+def local_commands(sweep: dict[str, Any], output_root: str, extra: Sequence[str] = ()) -> list[list[str]]:
+    commands = []
+    for i, entry in enumerate(sweep["_plan"]):
+        point = entry["parameters"]
+        tag = "_".join(f"{k}-{v}" for k, v in point.items())
+        out = os.path.join(output_root, f"{i:02d}_{tag}")
+        cmd = []
+        for tok in wandb_definition(sweep)["command"]:
+            if tok == "${args}":
+                cmd += run_args(point) + ["--output_dir", out, "--run_name", tag, *extra]
+            elif tok == "${interpreter}":
+                cmd.append(sys.executable)
+            elif tok in ("${env}", "${program}"):
+                continue
+            else:
+                cmd.append(tok)
+        commands.append(cmd)
+    return commands
+
+
+def _final(history: list[dict], key: str) -> float | None:
+    values = [h[key] for h in history if isinstance(h.get(key), (int, float))]
+    return values[-1] if values else None
+
+
+def report(results: list[dict[str, Any]], output_root: str) -> str:
+    """Comparison table (Markdown + JSON) and a PNG of final reward, label accuracy and step time vs G."""
+    lines = ["| G | final reward | final label accuracy | mean step time (s) | steps | run |", "|---|---|---|---|---|---|"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in results:
+        lines.append(f"| {r['G']} | {fmt(r['reward'])} | {fmt(r['label_accuracy'])} | {fmt(r['step_time'])} | "
+                     f"{r['steps']} | {r['output_dir']} |")
+    table = "\n".join(lines)
+    Path(output_root, "sweep_report.md").write_text(table + "\n")
+    Path(output_root, "sweep_results.json").write_text(json.dumps(results, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    gs = [r["G"] for r in results]
+    for ax, key, label in zip(axes, ("reward", "label_accuracy", "step_time"),
+                              ("final reward", "label accuracy (diagnostic)", "step time (s)")):
+        ax.plot(gs, [float("nan") if r[key] is None else r[key] for r in results], marker="o")
+        ax.set_xlabel("G")
+        ax.set_title(label)
+    fig.tight_layout()
+    fig.savefig(Path(output_root, "sweep_vs_G.png"), dpi=100)
+    plt.close(fig)
+    return table
+
+
+def run_local(sweep: dict[str, Any], output_root: str, extra: Sequence[str] = (), group: str | None = None) -> str:
+    os.makedirs(output_root, exist_ok=True)
+    group = group or f"{sweep.get('name', 'sweep')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_RUN_GROUP": group}
+    results = []
+    for entry, cmd in zip(sweep["_plan"], local_commands(sweep, output_root, extra)):
+        print("$ " + shlex.join(cmd), flush=True)
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0:
+            raise SweepError(f"run {entry['parameters']} failed with exit code {proc.returncode}")
+        out = cmd[cmd.index("--output_dir") + 1]
+        history = json.loads(Path(out, "cat_history.json").read_text())
+        times = [h["step_time"] for h in history if isinstance(h.get("step_time"), (int, float))]
+        results.append({
+            "G": entry["parameters"]["num_generations"],
+            "parameters": entry["parameters"],
+            "reward": _final(history, "reward"),
+            "label_accuracy": _final(history, "cat/label_accuracy"),
+            "step_time": sum(times) / len(times) if times else None,
+            "steps": max((h.get("step", 0) for h in history), default=0),
+            "output_dir": out,
+        })
+    results.sort(key=lambda r: r["G"])
+    table = report(results, output_root)
+    print(table)
+    print(f"wrote {output_root}/sweep_report.md, sweep_results.json, sweep_vs_G.png (W&B group {group!r})")
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cat-trl sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep")
+    p.add_argument("--local", action="store_true", help="run the grid here, sequentially, W&B offline")
+    p.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "cat-trl"))
+    p.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"))
+    p.add_argument("--output_root", default="outputs/sweeps")
+    p.add_argument("--dry_run", action="store_true", help="check the grid and print the commands only")
+    p.epilog = "Arguments after `--` are passed to every run (e.g. -- --max_steps 5)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = p.parse_args(argv[:cut]), argv[cut + 1 :]
+    try:
+        sweep = load_sweep(args.sweep)
+    except (SweepError, OSError, yaml.YAMLError) as err:
+        print(f"cat-trl sweep: {err}", file=sys.stderr)
+        return 2
+    for entry in sweep["_plan"]:
+        print(f"  {entry['parameters']} -> per_device_train_batch_size={entry['per_device_train_batch_size']} "
+              f"on {entry['num_processes']} process(es)")
+    root = os.path.join(args.output_root, sweep.get("name", Path(args.sweep).stem))
+    if args.dry_run:
+        for cmd in local_commands(sweep, root, extra):
+            print("$ " + shlex.join(cmd))
+        return 0
+    if args.local:
+        try:
+            run_local(sweep, root, extra)
+        except SweepError as err:
+            print(f"cat-trl sweep: {err}", file=sys.stderr)
+            return 1
+        return 0
+    import wandb
+
+    sweep_id = wandb.sweep(wandb_definition(sweep), project=args.project, entity=args.entity)
+    print(f"created sweep {sweep_id}; start agents with: wandb agent {args.entity + '/' if args.entity else ''}"
+          f"{args.project}/{sweep_id}")
+    return 0
