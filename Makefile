@@ -6,7 +6,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup quickstart test test-slow ci clean
+.PHONY: setup quickstart eval bench test test-slow ci clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,14 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 ## CaT-RL on the embedded SmolLM2-135M-Instruct, built-in data, CPU, W&B offline (minutes).
 quickstart: setup
 	$(VENV)/bin/cat-trl train yaml/quickstart.yaml
+
+## Test-time CaT vs selection baselines on the embedded model, a MATH-500 subset, CPU (~6 min on 2 cores).
+eval: setup
+	$(VENV)/bin/cat-trl eval yaml/eval/quickstart-cpu.yaml
+
+## CaT's overhead over plain GRPO and the other performance figures (README "Performance"); --quick for CI.
+bench: setup
+	$(PY) benchmarks/run.py
 
 ## Default test suite (CPU, offline, ~3 min on 2 cores).
 test: setup

@@ -241,7 +241,7 @@ def test_caches_and_stats():
     assert m.match("0.5", r"\dfrac12")  # same normalised pair, other order: served from the cache
     assert not m.match("2", "3")
     assert m.match("2", "2")
-    assert m.stats == {"verified": 1, "cache_hit": 1, "rejected": 1, "fast_path": 1}
+    assert m.stats == {"verified": 1, "cache_hit": 1, "numeric": 1, "fast_path": 1}
     answers._parse.cache_clear()
     for i in range(8):  # a reference shared by a group is parsed once
         m.match(r"\frac{7}{3}", f"{i}.5")
@@ -251,7 +251,7 @@ def test_caches_and_stats():
 def test_match_off_main_thread(equiv):
     result, _ = run_in_thread(equiv.match, r"\frac{1}{2}", "0.5")
     assert result is True
-    result, _ = run_in_thread(equiv.match, "7", "8")
+    result, _ = run_in_thread(equiv.match, r"\frac{7}{3}", "2")  # not two plain numbers: math-verify decides
     assert result is False
     result, _ = run_in_thread(equiv.match, r"2\sqrt{2}", r"\sqrt{8}")
     assert result is True
@@ -262,7 +262,7 @@ def test_pathological_input_bounded():
     """`9^{9^{9^9}}` sends sympy into big-integer arithmetic; the worker's alarm must cut it off."""
     m = AnswerMatcher("equivalent", timeout=1.0)
     try:
-        m.match("1", "2")  # helper start-up (an interpreter + sympy import) is not part of the bound below
+        m.match(r"\frac{1}{3}", "0.5")  # helper start-up (an interpreter + sympy import) is not part of the bound below
         result, seconds = run_in_thread(m.match, "9^{9^{9^{9}}}", "9^{9^{9^{8}}}")
         assert result is False
         assert seconds < 15
@@ -357,3 +357,24 @@ def test_math500_gold_answers():
         assert extract_boxed("The final answer is $\\boxed{" + ans + "}$.") == ans
         assert string.match(ans, ans) and equivalent.match(ans, ans), ans
         assert normalize_answer(ans)
+
+
+def test_numeric_fast_path_agrees_with_math_verify():
+    """Plain numbers skip math-verify (benchmarks/run.py: reward throughput); the decision must be the one the full
+    symmetric check would make."""
+    import random
+
+    from cat_trl.answers import _equivalent
+
+    rng = random.Random(0)
+    pairs = [("7", "7.0"), ("7", "-7"), ("0.5", "0.50"), ("1000", "1,000"), ("0.3333333", "0.33333333"),
+             ("100000.1", "100000.2"), ("0.0000001", "0.0000002"), ("12", "12.000001"), ("2.5", "2.50001"),
+             ("-0", "0"), ("003", "3")]
+    for _ in range(40):
+        x = rng.choice([rng.randint(-50, 50), round(rng.uniform(-5, 5), rng.randint(1, 7))])
+        y = rng.choice([x, -x, x + 1, round(x + rng.choice([1e-7, 1e-5, 1e-3]), 8)])
+        pairs.append((str(x), str(y)))
+    matcher = AnswerMatcher("equivalent")
+    for a, b in pairs:
+        assert matcher.match(a, b) == (_equivalent(a, b, 5.0) == "verified"), (a, b)
+    assert matcher.stats["numeric"] > 0

@@ -292,8 +292,9 @@ def test_anchor_sizes_must_be_positive(tmp_path, field):
 
 @pytest.mark.parametrize(
     "recipe_path",
-    # yaml/sweeps/ holds W&B sweep definitions, validated grid point by grid point in tests/test_sweep.py.
-    sorted(str(p) for p in (REPO_ROOT / "yaml").rglob("*.yaml") if "sweeps" not in p.parts),
+    # yaml/sweeps/ holds W&B sweep definitions (checked in tests/test_sweep.py), yaml/eval/ `cat-trl eval` configs
+    # (checked in tests/test_testtime_eval.py).
+    sorted(str(p) for p in (REPO_ROOT / "yaml").rglob("*.yaml") if not {"sweeps", "eval"} & set(p.parts)),
 )
 def test_every_shipped_recipe_parses(recipe_path):
     """Every recipe in yaml/ goes through TrlParser and the CaT config checks (GPU-only settings overridden so the

@@ -404,3 +404,30 @@ def test_embedded_model_greedy_answer_stops_at_eos(embedded_model_path):
     assert "<|im_end|>" not in paris.text and "<|im_start|>" not in paris.text
     assert essay.finish_reason == "length" and essay.completion_tokens == 12
     assert "Paris" not in essay.text
+
+
+def test_next_token_logprobs_share_prefixes_exactly(embedded_model_path):
+    """Judge prompts about one response share a long prefix; its KV cache is reused for every criterion. The result
+    must equal computing each prompt on its own (real model, mixed lengths, one prompt with no partner)."""
+    from cat_trl.rubrics import Judge
+    from cat_trl.rubrics.judge import JudgeItem
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(embedded_model_path)
+    response = "Rest, drink plenty of fluids, and see a doctor if the fever lasts more than three days."
+    items = [JudgeItem([{"role": "user", "content": "My child has a fever."}], response, c) for c in
+             ("Advises fluids.", "Recommends seeing a doctor when the fever persists for several days.", "Is rude.")]
+    items.append(JudgeItem([{"role": "user", "content": "Hi"}], "Hello!", "Greets the user."))
+    judge = Judge(TransformersEngine(model, tok, batch_size=2), mode="logprob")
+    prompts = [[{"role": "user", "content": judge.prompt(i)}] for i in items]
+    shared = TransformersEngine(model, tok, batch_size=2)
+    plain = TransformersEngine(model, tok, batch_size=2)
+    plain.share_prefixes = False
+    got = shared.next_token_logprobs(prompts, ("yes", "no"))
+    want = plain.next_token_logprobs(prompts, ("yes", "no"))
+    assert shared.stats.extra.get("shared_prefix_tokens_saved", 0) > 100  # the three criteria shared a prefix
+    assert "shared_prefix_tokens_saved" not in plain.stats.extra
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for k in g:
+            assert g[k] == pytest.approx(w[k], abs=1e-4)

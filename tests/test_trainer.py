@@ -314,3 +314,26 @@ def test_resume_forgets_group_rows_written_after_the_checkpoint(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "group": 0}) + "\n" for s in (0, 1, 2, 3)) + '{"step": 4, "gr')
     _drop_rows_after(str(path), 2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1]
+
+
+@pytest.mark.parametrize("estimator", ["self_bon", "min_ppl", "mutual_predictability"])
+def test_selection_estimators_as_rl_references(tmp_path, tiny_model_path, estimator):
+    """The paper's "RL with selection-based references": the anchor picks one of the G rollouts and that rollout is
+    the reference every reward scores against (a real TRL step)."""
+    spy = _Spy()
+    trainer = CaTGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=[CaTMathReward(), spy],
+        args=_config(tmp_path, cat_estimator=estimator),
+        train_dataset=_dataset(),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
+    rows = _rows(trainer)
+    assert len(rows) == 2
+    refs = spy.calls[0]["cat_reference"]
+    completions_seen = {c for row in rows for c in row["completions"]}
+    for row in rows:
+        if row["reference"] is not None:  # the selection is one of this group's own rollouts
+            assert row["reference"] in row["completions"]
+    assert all(r is None or r in completions_seen for r in refs)

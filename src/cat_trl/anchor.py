@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 
 from .answers import AnswerMatcher
 from .engines.base import Engine, SamplingSettings
-from .estimators import MajorityEstimator, ReferenceEstimator, SynthesisEstimator
+from .estimators import (
+    MajorityEstimator,
+    MinPPLEstimator,
+    MutualPredictabilityEstimator,
+    ReferenceEstimator,
+    SelfBoNEstimator,
+    SynthesisEstimator,
+)
 from .extraction import get_extractor
 
 if TYPE_CHECKING:
@@ -113,6 +120,23 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
         has_ref_model=trainer.ref_model is not None,
         sync_ref_model=args.sync_ref_model,
     )
+    if args.cat_anchor_engine == "vllm":
+        from .engines.vllm_engine import build_vllm_anchor
+
+        checkpoint = None
+        if source == "copy":
+            from .models import resolve_model_path
+
+            checkpoint = resolve_model_path(args.cat_anchor_model_name_or_path or model_name_or_path
+                                            or trainer.accelerator.unwrap_model(trainer.model).config._name_or_path)
+        engine = build_vllm_anchor(trainer, source, checkpoint, args.cat_vllm_anchor_offload)
+        limit = engine.max_context_tokens
+        if args.cat_anchor_max_context and limit and args.cat_anchor_max_context > limit:
+            raise ValueError(f"cat_anchor_max_context={args.cat_anchor_max_context} exceeds the colocated vLLM "
+                             f"engine's max_model_len={limit}; raise vllm_max_model_length or lower it.")
+        if args.cat_anchor_max_context:
+            engine._max_context = args.cat_anchor_max_context
+        return engine, source
     tokenizer = trainer.processing_class
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # processors wrap a tokenizer
     common = dict(batch_size=args.cat_anchor_batch_size, max_context_tokens=args.cat_anchor_max_context)
@@ -181,7 +205,19 @@ def build_estimator(args, engine: Engine | None, matcher: AnswerMatcher) -> Refe
     if args.cat_estimator == "majority":
         return MajorityEstimator(matcher, extract)
     if engine is None:
-        raise ValueError("cat_estimator=synthesis needs an anchor engine")
+        raise ValueError(f"cat_estimator={args.cat_estimator} needs an anchor engine")
+    if args.cat_estimator == "self_bon":
+        return SelfBoNEstimator(
+            engine,
+            anchor_sampling(args),
+            max_context_tokens=args.cat_anchor_max_context,
+            chat_template_kwargs=args.chat_template_kwargs,
+            extract_answer=extract,
+        )
+    if args.cat_estimator in ("min_ppl", "mutual_predictability"):
+        cls = MinPPLEstimator if args.cat_estimator == "min_ppl" else MutualPredictabilityEstimator
+        extra = {} if cls is MinPPLEstimator else {"seed": args.seed, "max_context_tokens": args.cat_anchor_max_context}
+        return cls(engine, extract_answer=extract, chat_template_kwargs=args.chat_template_kwargs, **extra)
     synthesis = SynthesisEstimator(
         engine,
         anchor_sampling(args),

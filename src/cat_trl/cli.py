@@ -11,6 +11,9 @@ commands:
   train CONFIG.yaml [--key value ...]
           CaT-RL (GRPO with anchor-synthesized references). Same as
           `accelerate launch -m cat_trl.train --config CONFIG.yaml [--key value ...]`.
+  eval CONFIG.yaml [--key value ...]
+          Test-time CaT vs Single / Majority / Self-BoN / min-PPL / mutual predictability on one pool of rollouts:
+          accuracy vs G, synthesis-vs-selection analyses, costs -> JSON, Markdown and PNG.
   sweep SWEEP.yaml [--local] [--dry_run] [-- extra args]
           Grid over G (prompts per step fixed): creates the W&B sweep, or runs it here offline with --local and
           writes a comparison table and plot.
@@ -32,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .train import main as train_main
 
         return train_main(["--config", rest[0], *rest[1:]])
+    if command == "eval":
+        from .evaluate import main as eval_main
+
+        return eval_main(rest)
     if command == "sweep":
         from .sweep import main as sweep_main
 

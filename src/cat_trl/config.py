@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .estimators import ESTIMATORS
 from .estimators.prompts import MATH_SYNTHESIS_PROMPT, validate_template
 from .extraction import EXTRACTIONS
 from .rubrics.judge import JUDGE_MODES
 from .rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT, validate_placeholders
 
-ESTIMATORS = ("synthesis", "majority")
-ANCHOR_ENGINES = ("transformers", "openai")
+ANCHOR_ENGINES = ("auto", "vllm", "transformers", "openai")
 REWARDS = ("math", "rubric", "judge_equivalence", "physician_rubric")
 JUDGE_ENGINES = ("transformers", "openai", "anchor")
 ANCHOR_WEIGHTS = ("auto", "peft_base", "ref_model", "copy")
@@ -44,7 +44,8 @@ class CaTGRPOConfig(GRPOConfig):
     )
     cat_estimator: str = field(
         default="synthesis",
-        metadata={"help": "Reference estimator: `synthesis` (CaT, frozen anchor) or `majority` (TTRL-style vote)."},
+        metadata={"help": "Reference estimator: `synthesis` (CaT, frozen anchor), `majority` (TTRL-style vote), or a "
+        "selection baseline run by the anchor: `self_bon`, `min_ppl`, `mutual_predictability`."},
     )
     cat_include_question: bool = field(
         default=False,
@@ -56,9 +57,16 @@ class CaTGRPOConfig(GRPOConfig):
         "cat_include_question."},
     )
     cat_anchor_engine: str = field(
-        default="transformers",
-        metadata={"help": "What runs the anchor: `transformers` (in-process generate) or `openai` (an "
-        "OpenAI-compatible server serving pi_0, e.g. `vllm serve <initial model>`)."},
+        default="auto",
+        metadata={"help": "What runs the anchor: `vllm` (TRL's colocated vLLM engine, time-shared: pi_0's weights "
+        "are loaded into it for the reward step), `transformers` (in-process generate), `openai` (an "
+        "OpenAI-compatible server serving pi_0, e.g. `vllm serve <initial model>`) or `auto` (vllm with "
+        "use_vllm + vllm_mode colocate, else transformers)."},
+    )
+    cat_vllm_anchor_offload: str = field(
+        default="cpu",
+        metadata={"help": "vLLM anchor with cat_anchor_weights=copy: keep the initial checkpoint's tensors in "
+        "(pinned) CPU memory (`cpu`) or stream them from its safetensors files on every anchor call (`disk`)."},
     )
     cat_anchor_base_url: str | None = field(
         default=None, metadata={"help": "Anchor server URL for cat_anchor_engine=openai (e.g. http://host:8000/v1)."}
@@ -180,6 +188,16 @@ class CaTGRPOConfig(GRPOConfig):
         _choice("cat_estimator", self.cat_estimator, ESTIMATORS)
         self._check_open_ended()
         _choice("cat_anchor_engine", self.cat_anchor_engine, ANCHOR_ENGINES)
+        _choice("cat_vllm_anchor_offload", self.cat_vllm_anchor_offload, ("cpu", "disk"))
+        colocated = bool(getattr(self, "use_vllm", False)) and getattr(self, "vllm_mode", None) == "colocate"
+        if self.cat_anchor_engine == "auto":  # resolved here so the W&B run config records the engine really used
+            self.cat_anchor_engine = "vllm" if colocated else "transformers"
+        if self.cat_anchor_engine == "vllm" and not colocated:
+            raise ValueError(
+                "cat_anchor_engine=vllm time-shares TRL's colocated vLLM engine: set use_vllm: true and vllm_mode: "
+                "colocate. With vllm_mode: server, serve pi_0 separately (`vllm serve <initial model>`) and use "
+                "cat_anchor_engine: openai."
+            )
         _choice("cat_anchor_weights", self.cat_anchor_weights, ANCHOR_WEIGHTS)
         _choice("cat_match", self.cat_match, MATCH_MODES)
         _choice("cat_answer_extraction", self.cat_answer_extraction, EXTRACTIONS)

@@ -108,7 +108,7 @@ class CaTGRPOTrainer(GRPOTrainer):
                 reward_funcs = [CaTMathReward(args.cat_match, args.cat_match_timeout, args.cat_answer_extraction)]
         if (
             args.beta == 0.0
-            and args.cat_estimator == "synthesis"
+            and args.cat_estimator != "majority"
             and anchor_engine is None
             and estimator is None
             and args.cat_anchor_weights in ("auto", "peft_base")
@@ -120,7 +120,7 @@ class CaTGRPOTrainer(GRPOTrainer):
         self.cat_anchor_source = "n/a"
         if estimator is None and args.cat_reward == "physician_rubric":
             estimator = NoReference()  # the oracle scores against physician rubrics: no anchor work at all
-        if estimator is None and args.cat_estimator == "synthesis" and anchor_engine is None:
+        if estimator is None and args.cat_estimator != "majority" and anchor_engine is None:
             anchor_engine, self.cat_anchor_source = build_anchor_engine(self, anchor_model_name_or_path)
         self.cat_engine = anchor_engine
         if self.cat_judge is not None and args.cat_judge_engine == "anchor":

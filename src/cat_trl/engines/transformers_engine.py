@@ -100,6 +100,9 @@ class TransformersEngine(Engine):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.batch_size = batch_size
+        #: next_token_logprobs: reuse the KV cache of a prefix shared by several prompts (judge criteria)
+        self.share_prefixes = True
+        self.min_shared_prefix = 16
         if max_context_tokens is None and config is not None:
             max_context_tokens = getattr(config, "max_position_embeddings", None)
         self._max_context = max_context_tokens
@@ -233,6 +236,42 @@ class TransformersEngine(Engine):
     def count_chat_tokens(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None = None) -> int:
         return len(self._prompt_ids(conversation, chat_template_kwargs))
 
+    def _shared_prefix_logits(self, model, device, pad, prompts, groups, record) -> None:
+        """Next-token logits for prompt `groups` [(shared length, member indices)]: per micro-batch of groups, one
+        forward over their prefixes (left-padded, cached), the cache rows repeated per member, then one forward over
+        all members' suffixes (right-padded). Exact: every suffix token attends to its own prefix and its own earlier
+        tokens only, and logits are read at each row's last real token."""
+        import inspect
+
+        cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        size = self.batch_size or sum(len(m) for _, m in groups)
+        chunks: list[list[tuple[int, list[int]]]] = [[]]
+        for group in groups:
+            if chunks[-1] and sum(len(m) for _, m in chunks[-1]) + len(group[1]) > size:
+                chunks.append([])
+            chunks[-1].append(group)
+        for chunk in chunks:
+            width = max(shared for shared, _ in chunk)
+            prefix_ids = torch.tensor([[pad] * (width - sh) + prompts[m[0]][:sh] for sh, m in chunk], device=device)
+            prefix_mask = torch.tensor([[0] * (width - sh) + [1] * sh for sh, _ in chunk], device=device)
+            positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
+                        logits_to_keep=1)
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            rows = [k for k, (_, members) in enumerate(chunk) for _ in members]
+            cache.batch_select_indices(torch.tensor(rows, device=device))
+            members = [(i, sh) for sh, m in chunk for i in m]
+            suffixes = [prompts[i][sh:] for i, sh in members]
+            wide = max(len(x) for x in suffixes)
+            ids = torch.tensor([x + [pad] * (wide - len(x)) for x in suffixes], device=device)
+            suffix_mask = torch.tensor([[1] * len(x) + [0] * (wide - len(x)) for x in suffixes], device=device)
+            mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1)
+            positions = torch.tensor([[sh + j for j in range(wide)] for _, sh in members], device=device)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                           **{cache_arg: cache}).logits
+            for row, ((i, _), x) in enumerate(zip(members, suffixes)):
+                record(i, logits[row, len(x) - 1])
+
     def _generation_config(self, sampling: SamplingSettings, eos: list[int]) -> GenerationConfig:
         greedy = sampling.temperature == 0
         kwargs: dict[str, Any] = dict(
@@ -317,13 +356,26 @@ class TransformersEngine(Engine):
                     continue
                 seqs = [pairs[i][0] + pairs[i][1] for i in idx]
                 width = max(len(s) for s in seqs)
-                ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-                mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-                logits = model(input_ids=ids, attention_mask=mask).logits.float()
-                logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+                # Left padding puts every continuation at the right edge, so only the last `keep` positions need
+                # logits (vocab x prompt length is never materialised), and log p = logit - logsumexp avoids a
+                # full log-softmax tensor (1.25x faster than right padding + full log-softmax on CPU, README Performance).
+                ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+                mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                longest = max(len(pairs[i][1]) for i in idx)
+                if longest == 0:  # nothing to score; a sharded model still takes part in the collective forward
+                    if self.collective:
+                        model(input_ids=torch.tensor([self._noop_prompt()], device=device))
+                    continue
+                keep = longest + 1
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+                logits = logits[:, :-1]  # position t predicts token t + 1: the last kept position predicts nothing
+                targets = ids[:, width - longest :]
+                picked = logits.gather(-1, targets[..., None]).squeeze(-1).float()
+                logps = picked - torch.logsumexp(logits.float(), dim=-1)
                 for row, i in enumerate(idx):
-                    p, c = len(pairs[i][0]), len(pairs[i][1])
-                    results[i] = logps[row, p - 1 : p - 1 + c].tolist()
+                    c = len(pairs[i][1])
+                    results[i] = logps[row, longest - c :].tolist() if c else []
         self.stats.calls += 1
         self.stats.sequences += len(pairs)
         self.stats.prompt_tokens += sum(len(p) + len(c) for p, c in pairs)
@@ -351,11 +403,25 @@ class TransformersEngine(Engine):
             if not first[cand]:
                 raise ValueError(f"candidate {cand!r} has no first token distinct from the other candidates")
         prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[dict[str, float]] = [{} for _ in prompts]
+
+        def record(i: int, logits: torch.Tensor) -> None:
+            logps = torch.log_softmax(logits.float(), dim=-1)
+            results[i] = {cand: torch.logsumexp(logps[sorted(first[cand])], dim=0).item() for cand in candidates}
+
+        # A judge asks n criteria about the same (conversation, response): those prompts share a long token prefix.
+        # Its KV cache is computed once and reused for every suffix (criterion + question). Sharded (collective)
+        # models keep the plain path, whose forward count is padded across ranks.
+        groups = [] if self.collective or not self.share_prefixes else _prefix_groups(prompts, self.min_shared_prefix)
+        grouped = {i for _, members in groups for i in members}
+        order = sorted((i for i in range(len(prompts)) if i not in grouped), key=lambda i: len(prompts[i]))
         with self._model() as model:
             device = next(model.parameters()).device
             pad = self.tokenizer.pad_token_id
+            if groups:
+                self._shared_prefix_logits(model, device, pad, prompts, groups, record)
+                self.stats.extra["shared_prefix_tokens_saved"] = self.stats.extra.get(
+                    "shared_prefix_tokens_saved", 0) + sum(shared * (len(m) - 1) for shared, m in groups)
             for idx in self._plan(order):
                 if idx is None:
                     model(input_ids=torch.tensor([self._noop_prompt()], device=device))
@@ -370,14 +436,42 @@ class TransformersEngine(Engine):
                 # logits_to_keep=1: only the last position's logits are materialised (vocab x length would not fit).
                 logits = model(
                     input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
-                ).logits[:, -1].float()
-                logps = torch.log_softmax(logits, dim=-1)
+                ).logits[:, -1]
                 for row, i in enumerate(idx):
-                    results[i] = {
-                        cand: torch.logsumexp(logps[row, sorted(first[cand])], dim=0).item() for cand in candidates
-                    }
+                    record(i, logits[row])
         self.stats.calls += 1
         self.stats.sequences += len(prompts)
         self.stats.prompt_tokens += sum(len(p) for p in prompts)
         self.stats.seconds += time.perf_counter() - start
         return results
+
+
+def _prefix_groups(prompts: list[list[int]], min_shared: int) -> list[tuple[int, list[int]]]:
+    """(shared length, member indices) for runs of prompts that share at least `min_shared` leading tokens (and
+    more than half of the shortest member), found by sorting the token lists so that such prompts are adjacent.
+    Every member keeps at least one token of its own. Prompts in no group are left out."""
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    groups: list[tuple[int, list[int]]] = []
+    members: list[int] = []
+    shared = 0
+
+    def close():
+        if len(members) > 1:
+            groups.append((shared, list(members)))
+
+    for i in order:
+        if members:
+            ref = prompts[members[0]]
+            limit = min(shared, len(prompts[i]) - 1)
+            n = 0
+            while n < limit and ref[n] == prompts[i][n]:
+                n += 1
+            shortest = min(len(prompts[m]) for m in members + [i])
+            if n >= min_shared and 2 * n > shortest:
+                shared = n
+                members.append(i)
+                continue
+            close()
+        members, shared = [i], len(prompts[i]) - 1
+    close()
+    return groups

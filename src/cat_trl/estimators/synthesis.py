@@ -92,7 +92,8 @@ class SynthesisEstimator(ReferenceEstimator):
                 f"The anchor's context ({self.max_context_tokens} tokens) leaves {budget} tokens for "
                 f"{num_generations} rollouts after reserving cat_anchor_max_new_tokens="
                 f"{self.sampling.max_new_tokens}: under 32 tokens per rollout. Raise cat_anchor_max_context (or the "
-                "engine's max model length), lower cat_anchor_max_new_tokens, or lower num_generations."
+                "engine's max model length: vllm_max_model_length for the colocated vLLM anchor), lower "
+                "cat_anchor_max_new_tokens, or lower num_generations."
             )
         cap = None if num_generations * max_completion_length <= budget else per_rollout
         return {"budget": budget, "per_rollout_cap": cap}

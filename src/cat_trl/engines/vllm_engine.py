@@ -1,0 +1,339 @@
+"""The anchor in TRL's colocated vLLM engine, time-shared with the policy (`cat_anchor_engine: vllm`).
+
+With `use_vllm: true, vllm_mode: colocate`, every GPU already hosts one `vllm.LLM` that TRL refreshes with the
+policy's weights before each generation. vLLM does not support a second `LLM` in the same process (and sleep mode
+allows one per process), so the anchor *borrows* that engine inside the reward step:
+
+    wake weights (sleep mode) -> load pi_0's weights -> reset prefix cache -> wake KV cache (sleep mode)
+    -> [TP: gather the group's prompts] -> one `generate` for all of this rank's syntheses -> [TP: slice back]
+    -> sleep (sleep mode) -> mark the policy's weights stale (TRL re-syncs them before the next generation)
+
+pi_0's weights come from (`cat_anchor_weights`): `peft_base` -- the policy's base weights with the adapter *not*
+merged (no extra memory); `ref_model` -- TRL's frozen reference model; `copy` -- the initial checkpoint's tensors,
+kept once in (pinned) CPU memory or streamed from its safetensors files on every call (`cat_vllm_anchor_offload`).
+
+The vLLM calls are exactly the ones TRL 1.16 makes in `trl/generation/vllm_generation.py` (`load_weights` on the
+driver worker's model, `reset_prefix_cache`, `wake_up(tags=...)`, `sleep(level=2)`, `generate` on token-id prompts
+with `SamplingParams`), and nothing else, so this module stays as thin as TRL's own integration. It was written
+against vLLM's public API and exercised on CPU with an object that implements the same surface and really generates
+with transformers (tests/test_vllm_anchor.py); see README for what has and has not run on a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from .base import Conversation, Engine, Generation, SamplingSettings
+
+logger = logging.getLogger(__name__)
+
+WeightSource = Callable[[], Iterator[tuple[str, torch.Tensor]]]
+
+
+def vllm_param_name(name: str) -> str:
+    """HF/PEFT/wrapper parameter name -> the name vLLM's `load_weights` expects (TRL's renaming rules)."""
+    name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+    for wrapper in ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module."):
+        name = name.replace(wrapper, "")
+    return name
+
+
+def peft_base_weights(model, gather: Callable = contextlib.nullcontext) -> WeightSource:
+    """The PEFT policy's *unmerged* base weights: LoRA tensors skipped, `modules_to_save` replaced by the original
+    module they shadow -- i.e. pi_0 exactly, with no copy made."""
+
+    def source():
+        prefix = getattr(model, "prefix", "lora_")
+        for name, param in model.named_parameters():
+            if prefix in name or "modules_to_save." in name:
+                continue
+            with gather([param]):
+                yield vllm_param_name(name.replace("original_module.", "")), param.data
+
+    return source
+
+
+def module_weights(module, gather: Callable = contextlib.nullcontext) -> WeightSource:
+    """Every parameter of a (frozen) module, e.g. TRL's reference model, gathered one at a time under ZeRO-3."""
+
+    def source():
+        for name, param in module.named_parameters():
+            with gather([param]):
+                yield vllm_param_name(name), param.data
+
+    return source
+
+
+def checkpoint_weights(path: str, offload: str = "cpu", device: str | torch.device | None = None) -> WeightSource:
+    """The initial checkpoint's tensors (`copy` mode). `offload="cpu"` reads them once into CPU memory (pinned when
+    CUDA is available, for fast host-to-device copies); `"disk"` streams them from the safetensors files on every
+    call (no resident copy; the page cache is shared between ranks on a node)."""
+    import glob
+    import os
+
+    from safetensors import safe_open
+
+    if not os.path.isdir(path):  # a hub id: the files vLLM itself loaded at start-up are in the local HF cache
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(path, allow_patterns=["*.safetensors", "*.json"])
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(
+            f"cat_anchor_weights=copy with the vLLM anchor reads pi_0 from safetensors files, but {path!r} has none. "
+            "Point cat_anchor_model_name_or_path at a local checkpoint directory (e.g. from `hf download`)."
+        )
+    if offload not in ("cpu", "disk"):
+        raise ValueError(f"cat_vllm_anchor_offload must be 'cpu' or 'disk', got {offload!r}")
+
+    def stream():
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+
+    if offload == "disk":
+        return stream
+    pin = torch.cuda.is_available()
+    resident = [(k, t.pin_memory() if pin else t) for k, t in stream()]
+    logger.info("vLLM anchor: %d initial tensors kept in %sCPU memory (%.1f GiB)", len(resident),
+                "pinned " if pin else "", sum(t.numel() * t.element_size() for _, t in resident) / 2**30)
+    return lambda: iter(resident)
+
+
+class VLLMAnchorEngine(Engine):
+    """Runs pi_0 in TRL's colocated `vllm.LLM` between two policy generations (see the module docstring).
+
+    Args:
+        vllm_generation: TRL's `VLLMGeneration` (`trainer.vllm_generation`): its `llm`, `enable_sleep_mode`,
+            `tensor_parallel_size`, `tp_group` are used, and `_llm_weights_sleeping` is kept truthful.
+        weights: yields (vLLM name, tensor) for pi_0; a collective under ZeRO-3, so every rank calls `generate`
+            (the estimators always do, also with nothing to synthesize).
+        tokenizer: renders chat conversations to token ids (the policy's chat template).
+        mark_policy_stale: called after every anchor call; the trainer sets `_last_loaded_step = -1` so that TRL
+            pushes the policy's weights back before its next generation.
+        max_model_len: the engine's context window (vLLM's `max_model_len`), reported at start-up.
+        sampling_params_cls: `vllm.SamplingParams` (injectable for tests).
+    """
+
+    collective = True
+
+    def __init__(
+        self,
+        vllm_generation,
+        weights: WeightSource,
+        tokenizer,
+        *,
+        mark_policy_stale: Callable[[], None],
+        max_model_len: int | None = None,
+        sampling_params_cls=None,
+        name: str = "vllm-colocate",
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        self.vg = vllm_generation
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.mark_policy_stale = mark_policy_stale
+        self.name = name
+        self.device = device
+        if sampling_params_cls is None:
+            from vllm import SamplingParams as sampling_params_cls  # noqa: N813
+        self.sampling_params_cls = sampling_params_cls
+        if max_model_len is None:
+            max_model_len = getattr(getattr(getattr(self.vg.llm, "llm_engine", None), "model_config", None),
+                                    "max_model_len", None)
+        self._max_context = max_model_len
+        self.weight_loads = 0
+
+    # ------------------------------------------------------------------ budget helpers (tokenizer-exact)
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        return self._max_context
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_chat_tokens(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None = None) -> int:
+        return len(self._prompt_ids(conversation, chat_template_kwargs))
+
+    def truncate_tokens(self, text: str, max_tokens: int) -> str:
+        from .base import _head_tail
+
+        if max_tokens <= 0:
+            return ""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_tokens:
+            return text
+        head = max_tokens // 2
+        return _head_tail(self.tokenizer.decode(ids[:head]), self.tokenizer.decode(ids[len(ids) - (max_tokens - head):]))
+
+    def _prompt_ids(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None) -> list[int]:
+        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False,
+                                                  **(chat_template_kwargs or {}))
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ------------------------------------------------------------------ the time-shared engine
+
+    @property
+    def llm(self):
+        return self.vg.llm
+
+    def _load_anchor(self) -> None:
+        """pi_0's weights into the engine (after waking its weights in sleep mode), then a clean prefix cache: cached
+        KV blocks of the policy's prompts must not be reused under other weights."""
+        if self.vg.enable_sleep_mode:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.llm.wake_up(tags=["weights"])
+            self.vg._llm_weights_sleeping = False
+        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        for name, tensor in self.weights():
+            if self.device is not None and tensor.device != torch.device(self.device):
+                tensor = tensor.to(self.device, non_blocking=True)
+            model.load_weights([(name, tensor)])
+        self.llm.reset_prefix_cache()
+        self.weight_loads += 1
+
+    def _sampling_params(self, sampling: SamplingSettings, **extra):
+        kwargs = dict(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=0.0 if sampling.min_p is None else sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
+            max_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+        )
+        kwargs.update(extra)
+        return self.sampling_params_cls(**kwargs)
+
+    def _run(self, prompt_ids: list[list[int]], params) -> list[Any]:
+        """One `generate` on the anchor's weights, the whole borrow/return protocol around it."""
+        tp = getattr(self.vg, "tensor_parallel_size", 1) or 1
+        self._load_anchor()
+        try:
+            if tp > 1:  # a TP group runs one engine: every rank must submit the same prompts
+                gathered: list[Any] = [None] * tp
+                torch.distributed.all_gather_object(gathered, prompt_ids, group=self.vg.tp_group)
+                all_ids = [p for chunk in gathered for p in chunk]
+            else:
+                all_ids = prompt_ids
+            if self.vg.enable_sleep_mode:
+                self.llm.wake_up(tags=["kv_cache"])
+            outputs = (self.llm.generate([{"prompt_token_ids": ids} for ids in all_ids], sampling_params=params,
+                                         use_tqdm=False) if all_ids else [])
+            if tp > 1:
+                rank = torch.distributed.get_rank(group=self.vg.tp_group)
+                outputs = outputs[rank * len(prompt_ids) : (rank + 1) * len(prompt_ids)]
+            return outputs
+        finally:
+            if self.vg.enable_sleep_mode:
+                self.llm.sleep(level=2)
+                self.vg._llm_weights_sleeping = True
+            self.mark_policy_stale()
+
+    def generate(
+        self,
+        conversations: list[Conversation],
+        sampling: SamplingSettings,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[Generation]:
+        start = time.perf_counter()
+        prompt_ids = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
+        outputs = self._run(prompt_ids, self._sampling_params(sampling))
+        results = []
+        for ids, out in zip(prompt_ids, outputs):
+            completion = out.outputs[0]
+            text = completion.text if getattr(completion, "text", None) is not None else self.tokenizer.decode(
+                completion.token_ids, skip_special_tokens=True)
+            results.append(Generation(text=text, prompt_tokens=len(ids), completion_tokens=len(completion.token_ids),
+                                      finish_reason=completion.finish_reason or "stop"))
+        self.stats.calls += 1
+        self.stats.sequences += len(results)
+        self.stats.prompt_tokens += sum(len(ids) for ids in prompt_ids)
+        self.stats.completion_tokens += sum(r.completion_tokens for r in results)
+        self.stats.seconds += time.perf_counter() - start
+        return results
+
+    def logprobs(
+        self,
+        conversations: list[Conversation],
+        continuations: list[str],
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[list[float]]:
+        """Continuation log-probs via vLLM's `prompt_logprobs` (one prefill, one dummy decoded token)."""
+        if len(conversations) != len(continuations):
+            raise ValueError(f"{len(conversations)} conversations but {len(continuations)} continuations")
+        start = time.perf_counter()
+        pairs = [(self._prompt_ids(c, chat_template_kwargs), self.tokenizer(t, add_special_tokens=False)["input_ids"])
+                 for c, t in zip(conversations, continuations)]
+        params = self._sampling_params(SamplingSettings(max_new_tokens=1, temperature=0.0), prompt_logprobs=0)
+        outputs = self._run([p + c for p, c in pairs], params)
+        results = []
+        for (p, c), out in zip(pairs, outputs):
+            per_position = out.prompt_logprobs or []
+            row = []
+            for k, token in enumerate(c):
+                entry = per_position[len(p) + k] if len(p) + k < len(per_position) else None
+                lp = entry.get(token) if entry else None
+                row.append(float(getattr(lp, "logprob", lp)) if lp is not None else float("-inf"))
+            results.append(row)
+        self.stats.calls += 1
+        self.stats.sequences += len(pairs)
+        self.stats.prompt_tokens += sum(len(p) + len(c) for p, c in pairs)
+        self.stats.seconds += time.perf_counter() - start
+        return results
+
+
+def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str = "cpu") -> VLLMAnchorEngine:
+    """The time-shared anchor for a `GRPOTrainer` with `use_vllm: true, vllm_mode: colocate`."""
+    args = trainer.args
+    vg = getattr(trainer, "vllm_generation", None)
+    if not args.use_vllm or args.vllm_mode != "colocate" or vg is None or getattr(vg, "llm", None) is None:
+        raise ValueError(
+            "cat_anchor_engine=vllm time-shares TRL's colocated vLLM engine: it needs use_vllm: true and "
+            "vllm_mode: colocate. With vllm_mode: server, serve pi_0 separately (`vllm serve <initial model>`) and use "
+            "cat_anchor_engine: openai, or use cat_anchor_engine: transformers."
+        )
+    dist = getattr(vg, "_dist", None)
+    gather = getattr(dist, "gather_params", None) or (lambda params: contextlib.nullcontext())
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_fsdp_enabled and source in ("peft_base", "ref_model"):
+        raise ValueError(
+            f"cat_anchor_weights={source} with the vLLM anchor is not supported under FSDP (parameters are gathered "
+            "per module there). Use cat_anchor_weights: copy (streams the initial checkpoint) or a served anchor."
+        )
+    if source == "peft_base":
+        if "ref" in getattr(model, "peft_config", {}):
+            raise ValueError(
+                "The policy is a pre-trained adapter (pi_0 = base + that adapter); the vLLM anchor streams unmerged "
+                "base weights only. Use cat_anchor_weights: copy with cat_anchor_model_name_or_path = the merged "
+                "initial checkpoint."
+            )
+        weights = peft_base_weights(model, gather)
+    elif source == "ref_model":
+        weights = module_weights(trainer.accelerator.unwrap_model(trainer.ref_model), gather)
+    else:
+        if checkpoint is None:
+            raise ValueError("cat_anchor_weights=copy with the vLLM anchor needs the initial checkpoint's path")
+        weights = checkpoint_weights(checkpoint, offload, trainer.accelerator.device)
+
+    def mark_policy_stale():
+        trainer._last_loaded_step = -1  # TRL re-syncs when global_step != _last_loaded_step
+
+    tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+    engine = VLLMAnchorEngine(vg, weights, tokenizer, mark_policy_stale=mark_policy_stale,
+                              name=f"vllm-colocate:{source}", device=trainer.accelerator.device)
+    logger.info("CaT anchor: time-shared colocated vLLM engine (weights from %s), max_model_len=%s", source,
+                engine.max_context_tokens)
+    return engine

@@ -1,0 +1,328 @@
+"""`cat-trl eval CONFIG.yaml [--key value ...]`: test-time CaT against the selection baselines, on one pool.
+
+    cat-trl eval yaml/eval/quickstart-cpu.yaml                      # embedded model, MATH-500 subset, CPU
+    cat-trl eval yaml/eval/math500-qwen3-4b.yaml --num_generations "[1, 8]"
+
+The YAML is flat, like a training recipe: the dataset and prompt keys are exactly `cat-trl train`'s
+(`dataset_name`, `dataset_max_samples`, `prompt_instruction`, `system_prompt`, ...), the rest are the `EvalConfig`
+fields below. Unknown keys are an error. Writes `eval_results.json`, `eval_report.md` and `eval_accuracy.png` to
+`output_dir` (and, with `report_to: wandb`, the same numbers, table and plot to W&B).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from .evaluation.testtime import METHODS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """Everything `cat-trl eval` needs besides the dataset keys (shared with `cat-trl train`)."""
+
+    model_name_or_path: str = "smollm2-135m-instruct"
+    dtype: str = "auto"
+    device: str = "auto"
+    num_generations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    # policy sampling (the pool); the paper uses each model's recommended settings
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float | None = None
+    max_new_tokens: int = 1024
+    seed: int = 0
+    chat_template_kwargs: dict[str, Any] | None = None
+    # synthesis (anchor = the same model); unset values follow the policy's sampling
+    anchor_max_new_tokens: int | None = None
+    anchor_temperature: float | None = None
+    synthesis_prompt: str | None = None
+    # Self-BoN's choice: greedy by default (a selection, not a sample)
+    selector_max_new_tokens: int = 256
+    selector_temperature: float = 0.0
+    # scoring (verifiable tasks)
+    answer_extraction: str = "boxed"
+    match: str = "equivalent"  # "string" or "equivalent" (math-verify)
+    match_timeout: float = 5.0
+    # open-ended tasks (HealthBench): the physician-rubric grader
+    grader_base_url: str | None = None
+    grader_model: str | None = None
+    grader_api_key_env: str = "OPENAI_API_KEY"
+    grader_local: str | None = None
+    grader_concurrency: int = 16
+    single_rollouts: int | None = None  # rollouts per question graded for Single (default: all G_max)
+    # execution
+    batch_size: int | None = None  # sequences per engine micro-batch
+    questions_per_call: int = 8  # questions per pool-sampling call (one progress step)
+    max_context: int | None = None
+    progress: bool = True
+    # outputs
+    output_dir: str = "outputs/eval"
+    report_to: str = "none"  # "none" | "wandb"
+    wandb_project: str = "cat-trl"
+    run_name: str | None = None
+
+    def validate(self) -> None:
+        from .answers import MATCH_MODES
+        from .extraction import EXTRACTIONS
+
+        gs = self.num_generations
+        if not isinstance(gs, list) or not gs or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1
+                                                         for g in gs):
+            raise ValueError(f"num_generations must be a non-empty list of positive integers, got {gs!r}")
+        if not isinstance(self.methods, list) or not self.methods:
+            raise ValueError(f"methods must be a non-empty list, got {self.methods!r}")
+        if unknown := [m for m in self.methods if m not in METHODS]:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        if self.match not in MATCH_MODES:
+            raise ValueError(f"match must be one of {MATCH_MODES}, got {self.match!r}")
+        if self.answer_extraction not in EXTRACTIONS:
+            raise ValueError(f"answer_extraction must be one of {EXTRACTIONS}, got {self.answer_extraction!r}")
+        if self.report_to not in ("none", "wandb"):
+            raise ValueError(f"report_to must be 'none' or 'wandb', got {self.report_to!r}")
+        for name in ("max_new_tokens", "selector_max_new_tokens", "questions_per_call", "grader_concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("anchor_max_new_tokens", "batch_size", "max_context", "single_rollouts"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
+        if self.synthesis_prompt is not None:
+            from .estimators.prompts import validate_template
+
+            validate_template(self.synthesis_prompt, include_question="synthesis_with_question" in self.methods)
+
+    def sampling(self):
+        from .engines.base import SamplingSettings
+
+        return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                                top_k=self.top_k, min_p=self.min_p, seed=self.seed)
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> tuple[EvalConfig, Any]:
+    """(EvalConfig, CaTScriptArguments) from a flat YAML plus `--key value` overrides (values parsed as YAML)."""
+    from .script_args import CaTScriptArguments
+
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    overrides = list(overrides)
+    while overrides:
+        key = overrides.pop(0)
+        if not key.startswith("--"):
+            raise ValueError(f"expected --key value, got {key!r}")
+        key, _, value = key[2:].partition("=")
+        if not value:
+            if not overrides:
+                raise ValueError(f"--{key} needs a value")
+            value = overrides.pop(0)
+        raw[key] = yaml.safe_load(value)
+    for key, value in (raw.pop("env", None) or {}).items():
+        os.environ.setdefault(str(key), str(value))
+    eval_keys = {f.name for f in fields(EvalConfig)}
+    data_keys = {f.name for f in fields(CaTScriptArguments)}
+    unknown = sorted(k for k in raw if k not in eval_keys | data_keys)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}. Eval settings: {sorted(eval_keys)}; dataset "
+                         f"settings are cat-trl train's ({', '.join(sorted(k for k in data_keys if 'dataset' in k))},"
+                         " prompt_instruction, system_prompt, ...).")
+    config = EvalConfig(**{k: v for k, v in raw.items() if k in eval_keys})
+    data = {k: v for k, v in raw.items() if k in data_keys and k not in eval_keys}
+    data.setdefault("dataset_train_split", "test")  # MATH-500's only split; HealthBench's hold-out
+    config.validate()
+    return config, CaTScriptArguments(**data)
+
+
+def _device(config: EvalConfig) -> str:
+    if config.device != "auto":
+        return config.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _rows(script_args, open_ended: bool) -> list[dict[str, Any]]:
+    import json
+
+    from .data import load_train_dataset
+
+    dataset = load_train_dataset(script_args)
+    rows = []
+    for row in dataset:
+        out = {"prompt": row["prompt"], "question": row.get("question"), "problem_id": row.get("problem_id")}
+        if open_ended:
+            conversation = [m for m in row["prompt"] if not (script_args.system_prompt and m["role"] == "system")]
+            out["example"] = {"prompt": conversation, "rubrics": json.loads(row["gold_rubrics"]),
+                              "example_tags": row.get("example_tags") or [], "prompt_id": row.get("problem_id")}
+        else:
+            if row.get("gold_answer") in (None, ""):
+                raise ValueError(f"{script_args.dataset_name}: row {len(rows)} has no gold answer; `cat-trl eval` "
+                                 "scores methods against gold answers (set dataset_gold_column).")
+            out["gold_answer"] = str(row["gold_answer"])
+        rows.append(out)
+    if not rows:
+        raise ValueError(f"{script_args.dataset_name}: no questions to evaluate")
+    return rows
+
+
+def _scorer(config: EvalConfig, open_ended: bool, matcher, extract):
+    from .evaluation.testtime import AnswerScorer, RubricGraderScorer
+
+    if not open_ended:
+        return AnswerScorer(matcher, extract)
+    from .evaluation.healthbench import HealthBenchGrader
+
+    if config.grader_base_url:
+        if not config.grader_model:
+            raise ValueError("grader_base_url needs grader_model (the served grader name, e.g. gpt-4o-2024-08-06)")
+        from .engines.openai_engine import OpenAIEngine
+
+        engine = OpenAIEngine(config.grader_base_url, config.grader_model, api_key_env=config.grader_api_key_env,
+                              max_concurrency=config.grader_concurrency)
+        engine.check()  # an unreachable grader fails now, before any rollout is sampled
+    elif config.grader_local:
+        from .engines.transformers_engine import TransformersEngine
+        from .models import resolve_model_path
+
+        engine = TransformersEngine.from_pretrained(resolve_model_path(config.grader_local), device=_device(config),
+                                                    batch_size=config.batch_size)
+    else:
+        raise ValueError("HealthBench is scored by the physician-rubric grader: set grader_base_url + grader_model "
+                         "(e.g. GPT-4o, as in the paper) or grader_local (a local model, for smoke tests).")
+    return RubricGraderScorer(HealthBenchGrader(engine))
+
+
+def run(config: EvalConfig, script_args) -> dict[str, Any]:
+    """Everything but the CLI: validate, load data, sample the pool, evaluate, write reports. Returns the result."""
+    from dataclasses import replace
+
+    from .answers import AnswerMatcher
+    from .data import resolve_format
+    from .engines.transformers_engine import TransformersEngine
+    from .estimators.prompts import MATH_SYNTHESIS_PROMPT
+    from .evaluation.report import write_reports
+    from .evaluation.testtime import build_methods, evaluate_pool, sample_pool
+    from .extraction import get_extractor
+    from .healthbench_eval import _strip_thinking
+    from .models import resolve_model_path
+    from .rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT
+
+    open_ended = resolve_format(script_args.dataset_name, script_args.dataset_format) == "healthbench"
+    if open_ended and (bad := [m for m in config.methods if m == "majority"]):
+        raise ValueError(f"method(s) {bad} need final answers; remove them for HealthBench")
+    matcher = AnswerMatcher(config.match, config.match_timeout)
+    extract = get_extractor(config.answer_extraction)
+    rows = _rows(script_args, open_ended)  # data problems surface before any model loads
+    scorer = _scorer(config, open_ended, matcher, extract)
+    device = _device(config)
+    engine = TransformersEngine.from_pretrained(resolve_model_path(config.model_name_or_path), dtype=config.dtype,
+                                                device=device, batch_size=config.batch_size,
+                                                max_context_tokens=config.max_context)
+    sampling = config.sampling()
+    gs = sorted(set(config.num_generations))
+    start = time.perf_counter()
+    items = sample_pool(engine, rows, max(gs), sampling, chat_template_kwargs=config.chat_template_kwargs,
+                        questions_per_call=config.questions_per_call, progress=config.progress,
+                        postprocess=_strip_thinking)
+    pool_seconds = time.perf_counter() - start
+    anchor = replace(sampling, max_new_tokens=config.anchor_max_new_tokens or config.max_new_tokens,
+                     temperature=config.temperature if config.anchor_temperature is None else config.anchor_temperature)
+    selector = replace(sampling, max_new_tokens=config.selector_max_new_tokens, temperature=config.selector_temperature)
+    template = config.synthesis_prompt or (FREEFORM_SYNTHESIS_PROMPT if open_ended else MATH_SYNTHESIS_PROMPT)
+    methods = build_methods(config.methods, engine, verifiable=not open_ended, matcher=matcher, extract=extract,
+                            anchor_sampling=anchor, selector_sampling=selector, synthesis_template=template,
+                            max_context_tokens=config.max_context, chat_template_kwargs=config.chat_template_kwargs,
+                            seed=config.seed)
+    result = evaluate_pool(items, methods, gs, scorer, matcher, extract if not open_ended else None,
+                           single_rollouts=config.single_rollouts, progress=config.progress)
+    result["meta"] = {
+        "model": config.model_name_or_path,
+        "dataset": script_args.dataset_name,
+        "n_questions": len(items),
+        "num_generations": gs,
+        "methods": config.methods,
+        "verifiable": not open_ended,
+        "scorer": scorer.name,
+        "sampling": sampling.to_dict(),
+        "anchor_sampling": anchor.to_dict(),
+        "selector_sampling": selector.to_dict(),
+        "seed": config.seed,
+        "device": device,
+        "pool_seconds": pool_seconds,
+        "pool_generated_tokens": sum(sum(i.rollout_tokens) for i in items),
+        "config": asdict(config),
+        "data": {k: v for k, v in asdict(script_args).items() if v is not None},
+    }
+    paths = write_reports(result, config.output_dir)
+    result["meta"]["outputs"] = {k: str(v) for k, v in paths.items()}
+    if config.report_to == "wandb":
+        _log_wandb(result, config, paths)
+    return result
+
+
+def _log_wandb(result: dict[str, Any], config: EvalConfig, paths) -> None:
+    import wandb
+
+    run = wandb.init(project=config.wandb_project, name=config.run_name, job_type="eval", dir=config.output_dir,
+                     config={**result["meta"]["config"], "data": result["meta"]["data"]})
+    table = wandb.Table(columns=["method", "G", "accuracy", "se", "generations", "generated_tokens"])
+    for method, by_g in result["accuracy"].items():
+        for g, acc in by_g.items():
+            cost = result["cost"][method][g]
+            table.add_data(method, int(g), acc["accuracy"], acc["se"], cost["generations"], cost["generated_tokens"])
+            run.summary[f"eval/{method}/G{g}/accuracy"] = acc["accuracy"]
+    for g, entry in result.get("analyses", {}).items():
+        for key, value in entry.items():
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    run.summary[f"eval/analysis/G{g}/{key}/{k}"] = v
+            else:
+                run.summary[f"eval/analysis/G{g}/{key}"] = value
+    run.log({"eval/accuracy": table, "eval/accuracy_vs_G": wandb.Image(str(paths["png"]))})
+    run.save(str(paths["json"]), base_path=str(paths["json"].parent), policy="now")
+    run.finish()
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    g_max = str(max(result["meta"]["num_generations"]))
+    lines = [f"accuracy at G={g_max} ({result['meta']['n_questions']} questions, {result['meta']['scorer']}):"]
+    for method, by_g in result["accuracy"].items():
+        acc = by_g[g_max]
+        lines.append(f"  {method:<24} {acc['accuracy']:.3f} ± {acc['se']:.3f}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("settings (defaults):")
+        for f in fields(EvalConfig):
+            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+            print(f"  {f.name}: {default!r}")
+        return 0 if argv else 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config, script_args = load_config(argv[0], argv[1:])
+    except (OSError, ValueError, TypeError) as err:
+        print(f"cat-trl eval: {err}", file=sys.stderr)
+        return 2
+    result = run(config, script_args)
+    print("\n".join(summary_lines(result)))
+    print("wrote " + ", ".join(result["meta"]["outputs"].values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The benchmark script runs (reduced form) and reports what it claims; the full form is `python benchmarks/run.py`.
+Timings are not asserted (performance goals live in the benchmark's printed ratios, not in tests); what is asserted
+is what must hold on any machine: one anchor call per step, zero extra weight memory for the policy-sharing anchors,
+and that every section produced its numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path, *args) -> dict:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--output", str(out), *args],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_reward_and_memory_sections(tmp_path):
+    result = _run(tmp_path, "--only", "reward,memory")
+    reward = result["reward"]
+    for mix in ("math500", "integers"):
+        for variant in ("string", "equivalent", "equivalent_no_numeric_fast_path"):
+            assert reward[mix][variant]["completions_per_s"] > 0
+        # the numeric fast path really replaces math-verify calls
+        assert reward[mix]["equivalent"]["matcher_outcomes"].get("numeric", 0) > 0
+    memory = result["memory"]
+    assert memory["peft_base"]["extra_mb"] == 0 and memory["ref_model"]["extra_mb"] == 0
+    assert memory["copy"]["extra_mb"] > 0  # a separate frozen copy does cost its weights
+
+
+@pytest.mark.slow
+def test_full_quick_benchmark(tmp_path):
+    result = _run(tmp_path)
+    step = result["step"]["4"]
+    assert step["plain_step_s"] > 0 and step["cat_step_s"] > 0
+    assert step["anchor_calls_per_step"] == 1  # all of a step's syntheses in one engine call
+    assert set(result["anchor"]) == {"1", "4"}
+    judge = result["judge"]
+    assert judge["logprob"]["completion_tokens"] == 0 and judge["generate"]["completion_tokens"] > 0

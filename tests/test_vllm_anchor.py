@@ -1,0 +1,240 @@
+"""The time-shared colocated vLLM anchor, orchestrated against an object with vLLM's surface that really generates
+with transformers (vLLM cannot be installed here). What is checked: which weights are loaded when, that the anchor's
+output is pi_0's even though the engine held the trained policy, the prefix-cache reset, the sleep/wake order, that
+TRL is told to re-sync the policy afterwards, log-probs through `prompt_logprobs`, and the length budget."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cat_trl.config import CaTGRPOConfig
+from cat_trl.engines import SamplingSettings, TransformersEngine
+from cat_trl.engines.vllm_engine import (
+    VLLMAnchorEngine,
+    build_vllm_anchor,
+    checkpoint_weights,
+    module_weights,
+    peft_base_weights,
+)
+from cat_trl.estimators import Group, SynthesisEstimator
+
+GREEDY = SamplingSettings(max_new_tokens=12, temperature=0.0)
+CONVERSATIONS = [[{"role": "user", "content": "What is 2 + 3?"}], [{"role": "user", "content": "Name a colour."}]]
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+class FakeLLM:
+    """`vllm.LLM`'s surface as TRL 1.16 uses it, backed by a transformers model whose weights `load_weights` really
+    overwrites (so whatever was loaded last is what generates)."""
+
+    def __init__(self, model, tokenizer, max_model_len: int = 2048):
+        self.model, self.tokenizer, self.calls = model, tokenizer, []
+        runner = SimpleNamespace(model=SimpleNamespace(load_weights=self._load_weights))
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
+            model_runner=runner)), model_config=SimpleNamespace(max_model_len=max_model_len))
+
+    def _log(self, entry):
+        if not (entry == "load_weights" and self.calls and self.calls[-1] == "load_weights"):
+            self.calls.append(entry)
+
+    def _load_weights(self, weights):
+        params = dict(self.model.named_parameters())
+        for name, tensor in weights:
+            if name not in params:  # vLLM also skips tied duplicates such as lm_head when embeddings are tied
+                assert name == "lm_head.weight", name
+                continue
+            params[name].data.copy_(tensor)
+        self._log("load_weights")
+
+    def reset_prefix_cache(self):
+        self._log("reset_prefix_cache")
+
+    def wake_up(self, tags):
+        self._log(("wake_up", tuple(tags)))
+
+    def sleep(self, level):
+        self._log(("sleep", level))
+
+    @torch.no_grad()
+    def generate(self, prompts, sampling_params, use_tqdm=False):
+        self._log("generate")
+        outs = []
+        for p in prompts:
+            ids = torch.tensor([p["prompt_token_ids"]])
+            if getattr(sampling_params, "prompt_logprobs", None) is not None:
+                logps = torch.log_softmax(self.model(ids).logits[0].float(), -1)
+                prompt_lp = [None] + [{int(t): SimpleNamespace(logprob=float(logps[i - 1, t]))}
+                                      for i, t in enumerate(p["prompt_token_ids"]) if i > 0]
+                completion = SimpleNamespace(text="", token_ids=[0], finish_reason="length")
+                outs.append(SimpleNamespace(prompt_token_ids=p["prompt_token_ids"], outputs=[completion],
+                                            prompt_logprobs=prompt_lp))
+                continue
+            assert sampling_params.temperature == 0.0  # the tests decode greedily
+            gen = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=sampling_params.max_tokens,
+                                      pad_token_id=self.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+            eos = self.tokenizer.eos_token_id
+            if eos in gen:
+                gen = gen[: gen.index(eos)]
+            outs.append(SimpleNamespace(prompt_token_ids=p["prompt_token_ids"], prompt_logprobs=None, outputs=[
+                SimpleNamespace(text=self.tokenizer.decode(gen, skip_special_tokens=True), token_ids=gen,
+                                finish_reason="stop")]))
+        return outs
+
+
+def _perturb(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+@pytest.fixture
+def models(tiny_model_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    policy = copy.deepcopy(initial)
+    _perturb(policy)  # "trained": the engine holds these weights after TRL's last sync
+    engine_model = copy.deepcopy(policy)
+    return tokenizer, initial, policy, engine_model
+
+
+def _pi0_text(model, tokenizer):
+    return [g.text for g in TransformersEngine(model, tokenizer).generate(CONVERSATIONS, GREEDY)]
+
+
+def _vg(llm, sleep: bool):
+    return SimpleNamespace(llm=llm, enable_sleep_mode=sleep, tensor_parallel_size=1, _llm_weights_sleeping=sleep)
+
+
+@pytest.mark.parametrize("sleep", [False, True])
+def test_copy_anchor_generates_pi0_then_hands_back(models, tiny_model_path, sleep):
+    tokenizer, initial, policy, engine_model = models
+    llm = FakeLLM(engine_model, tokenizer)
+    vg = _vg(llm, sleep)
+    trainer = SimpleNamespace(_last_loaded_step=7)
+    engine = VLLMAnchorEngine(vg, checkpoint_weights(tiny_model_path, "cpu"), tokenizer,
+                              mark_policy_stale=lambda: setattr(trainer, "_last_loaded_step", -1),
+                              sampling_params_cls=FakeSamplingParams)
+    assert _pi0_text(policy, tokenizer) != _pi0_text(initial, tokenizer)  # the policy really moved
+    out = engine.generate(CONVERSATIONS, GREEDY)
+    assert [g.text for g in out] == _pi0_text(initial, tokenizer)  # pi_0, although the engine held the policy
+    assert all(g.prompt_tokens > 0 for g in out)
+    assert trainer._last_loaded_step == -1  # TRL re-syncs the policy before its next generation
+    expected = ["load_weights", "reset_prefix_cache", "generate"]
+    if sleep:
+        expected = [("wake_up", ("weights",)), "load_weights", "reset_prefix_cache", ("wake_up", ("kv_cache",)),
+                    "generate", ("sleep", 2)]
+    assert llm.calls == expected
+    assert vg._llm_weights_sleeping is sleep  # TRL's own flag stays truthful: it re-pushes weights after a sleep
+    # What TRL then does (sync_weights): the policy's weights go back in, and the engine generates the policy again.
+    llm._load_weights(list(policy.named_parameters()))
+    assert [o.outputs[0].text for o in llm.generate(
+        [{"prompt_token_ids": engine._prompt_ids(c, None)} for c in CONVERSATIONS],
+        FakeSamplingParams(temperature=0.0, max_tokens=12))] == _pi0_text(policy, tokenizer)
+
+
+def test_disk_offload_streams_the_same_weights(models, tiny_model_path):
+    tokenizer, initial, _, engine_model = models
+    engine = VLLMAnchorEngine(_vg(FakeLLM(engine_model, tokenizer), False),
+                              checkpoint_weights(tiny_model_path, "disk"), tokenizer, mark_policy_stale=lambda: None,
+                              sampling_params_cls=FakeSamplingParams)
+    assert [g.text for g in engine.generate(CONVERSATIONS, GREEDY)] == _pi0_text(initial, tokenizer)
+    with pytest.raises(ValueError, match="cat_vllm_anchor_offload"):
+        checkpoint_weights(tiny_model_path, "gpu")
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        checkpoint_weights(str(tiny_model_path) + "/..", "cpu")
+
+
+def test_peft_base_anchor_streams_unmerged_base_weights_without_copies(models):
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer, initial, _, _ = models
+    policy = get_peft_model(copy.deepcopy(initial), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                              init_lora_weights=False))  # non-zero adapter
+    merged = copy.deepcopy(policy).merge_and_unload()  # what TRL's sync puts in vLLM (merged weights)
+    assert _pi0_text(merged, tokenizer) != _pi0_text(initial, tokenizer)
+    source = peft_base_weights(policy)
+    names = [n for n, _ in source()]
+    assert names and not any("lora" in n or "base_model" in n or "base_layer" in n for n in names)
+    assert set(names) == {n for n, _ in initial.named_parameters()}
+    # zero extra weight memory: every streamed tensor is the policy's own base parameter storage
+    policy_ptrs = {p.data_ptr() for p in policy.parameters()}
+    assert all(t.data_ptr() in policy_ptrs for _, t in source())
+    engine = VLLMAnchorEngine(_vg(FakeLLM(merged, tokenizer), False), source, tokenizer,
+                              mark_policy_stale=lambda: None, sampling_params_cls=FakeSamplingParams)
+    assert [g.text for g in engine.generate(CONVERSATIONS, GREEDY)] == _pi0_text(initial, tokenizer)
+
+
+def test_ref_model_anchor_and_logprobs(models):
+    tokenizer, initial, policy, engine_model = models
+    engine = VLLMAnchorEngine(_vg(FakeLLM(engine_model, tokenizer), False), module_weights(initial), tokenizer,
+                              mark_policy_stale=lambda: None, sampling_params_cls=FakeSamplingParams)
+    continuations = ["It is 5.", "Blue."]
+    got = engine.logprobs(CONVERSATIONS, continuations)
+    want = TransformersEngine(initial, tokenizer).logprobs(CONVERSATIONS, continuations)
+    assert [len(r) for r in got] == [len(r) for r in want]
+    for g, w in zip(got, want):
+        assert torch.allclose(torch.tensor(g), torch.tensor(w), atol=1e-4)
+    assert engine.weight_loads == 1 and engine.stats.calls == 1
+
+
+def test_synthesis_budget_uses_the_engines_max_model_len(models, tiny_model_path):
+    tokenizer, initial, _, engine_model = models
+    engine = VLLMAnchorEngine(_vg(FakeLLM(engine_model, tokenizer, max_model_len=512), False),
+                              module_weights(initial), tokenizer, mark_policy_stale=lambda: None,
+                              sampling_params_cls=FakeSamplingParams)
+    assert engine.max_context_tokens == 512
+    est = SynthesisEstimator(engine, SamplingSettings(max_new_tokens=400, temperature=0.0))
+    with pytest.raises(ValueError, match="vllm_max_model_length"):
+        est.check_budget(8, 512)
+    # within budget: long rollouts are truncated evenly and every group still gets one reference, in one call
+    est = SynthesisEstimator(engine, SamplingSettings(max_new_tokens=8, temperature=0.0))
+    refs = est.estimate([Group(prompt="q", completions=["word " * 400, "short"]), Group(prompt="q", completions=["a"])])
+    assert len(refs) == 2 and refs[0].diagnostics["truncated"] == 1 and engine.weight_loads == 1
+
+
+def test_build_from_trainer_and_config_checks(models, tiny_model_path, tmp_path):
+    tokenizer, initial, policy, engine_model = models
+    args = SimpleNamespace(use_vllm=True, vllm_mode="colocate")
+    trainer = SimpleNamespace(
+        args=args, vllm_generation=_vg(FakeLLM(engine_model, tokenizer), False), model=policy, ref_model=initial,
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m, device=torch.device("cpu")), is_fsdp_enabled=False,
+        processing_class=tokenizer, _last_loaded_step=3,
+    )
+    import cat_trl.engines.vllm_engine as ve
+
+    original = ve.VLLMAnchorEngine.__init__
+
+    def init(self, *a, **kw):
+        kw.setdefault("sampling_params_cls", FakeSamplingParams)
+        original(self, *a, **kw)
+
+    ve.VLLMAnchorEngine.__init__ = init
+    try:
+        engine = build_vllm_anchor(trainer, "ref_model", None)
+        assert [g.text for g in engine.generate(CONVERSATIONS, GREEDY)] == _pi0_text(initial, tokenizer)
+        assert trainer._last_loaded_step == -1 and engine.name == "vllm-colocate:ref_model"
+        with pytest.raises(ValueError, match="initial checkpoint"):
+            build_vllm_anchor(trainer, "copy", None)
+        trainer.args = SimpleNamespace(use_vllm=True, vllm_mode="server")
+        with pytest.raises(ValueError, match="vllm_mode: colocate"):
+            build_vllm_anchor(trainer, "copy", tiny_model_path)
+    finally:
+        ve.VLLMAnchorEngine.__init__ = original
+
+    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False)
+    assert CaTGRPOConfig(**base).cat_anchor_engine == "transformers"  # auto without vLLM
+    with pytest.raises(ValueError, match="use_vllm: true and vllm_mode: colocate"):
+        CaTGRPOConfig(**base, cat_anchor_engine="vllm")
+    with pytest.raises(ValueError, match="use_vllm: true and vllm_mode: colocate"):
+        CaTGRPOConfig(**base, cat_anchor_engine="vllm", use_vllm=True, vllm_mode="server")
