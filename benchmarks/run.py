@@ -203,16 +203,20 @@ def bench_reward(n: int, g: int, reps: int) -> dict:
 
     out = {}
     CaTMathReward(match="equivalent")(*_math_outputs(2, g))  # imports math-verify/sympy outside the timing
-    variants = {"string": ("string", True), "equivalent": ("equivalent", True),
-                "equivalent_no_numeric_fast_path": ("equivalent", False)}
+    # (match mode, numeric fast path, probe rejection): the last two are the optimisations, each switched off alone
+    variants = {"string": ("string", True, True), "equivalent": ("equivalent", True, True),
+                "equivalent_no_numeric_fast_path": ("equivalent", False, True),
+                "equivalent_no_probe_rejection": ("equivalent", True, False),
+                "equivalent_neither": ("equivalent", False, False)}
     for mix in ("math500", "integers"):
         completions, references = _math_outputs(n, g, integers=mix == "integers")
         secs = {v: [] for v in variants}
         stats = {}
         for _ in range(reps):
-            for variant, (mode, numeric) in variants.items():  # interleaved; cold caches (new answers every step)
+            for variant, (mode, numeric, probe) in variants.items():  # interleaved; cold caches (new answers)
                 answers._parse.cache_clear()
                 answers._normalize.cache_clear()
+                answers._PROBE_REJECTION = probe
                 reward = CaTMathReward(match=mode)
                 reward.matcher.numeric_fast_path = numeric
                 start = time.perf_counter()
@@ -221,8 +225,10 @@ def bench_reward(n: int, g: int, reps: int) -> dict:
                 stats[variant] = dict(reward.matcher.stats)
         out[mix] = {v: {"completions_per_s": len(completions) / _median(secs[v]), "matcher_outcomes": stats[v]}
                     for v in variants}
-        out[mix]["numeric_fast_path_speedup"] = (_median(secs["equivalent_no_numeric_fast_path"])
-                                                 / _median(secs["equivalent"]))
+        answers._PROBE_REJECTION = True
+        for name, variant in (("numeric_fast_path", "equivalent_no_numeric_fast_path"),
+                              ("probe_rejection", "equivalent_no_probe_rejection"), ("both", "equivalent_neither")):
+            out[mix][f"{name}_speedup"] = _median(secs[variant]) / _median(secs["equivalent"])
         out[mix]["completions"] = len(completions)
     out["target_completions_per_s"] = 2000
     out["met"] = all(out[mix]["equivalent"]["completions_per_s"] >= 2000 for mix in ("math500", "integers"))
@@ -376,15 +382,17 @@ def main(argv=None) -> int:
         if "reward" in sections:
             result["reward"] = bench_reward(100 if q else 500, 8, reps)
             r = result["reward"]
+            variants_order = ("string", "equivalent", "equivalent_no_numeric_fast_path",
+                              "equivalent_no_probe_rejection", "equivalent_neither")
             rows = [("answers", "match", "completions/s", "math-verify calls", "target")]
             for mix in ("math500", "integers"):
-                for v in ("string", "equivalent", "equivalent_no_numeric_fast_path"):
+                for v in variants_order:
                     o = r[mix][v]["matcher_outcomes"]
                     calls = 0 if v == "string" else sum(o.get(k, 0) for k in ("verified", "rejected", "timeout",
                                                                                    "error", "unparseable"))
                     rows.append((mix, v, _f(r[mix][v]["completions_per_s"], 0), calls, ">= 2000"))
-            print(_table("verifiable reward throughput (one process; numeric fast path: "
-                         + ", ".join(f"{m} {r[m]['numeric_fast_path_speedup']:.2f}x" for m in ("math500", "integers"))
+            print(_table("verifiable reward throughput (one process; speed-up of both fast paths: "
+                         + ", ".join(f"{m} {r[m]['both_speedup']:.2f}x" for m in ("math500", "integers"))
                          + ")", rows))
         if "judge" in sections:
             result["judge"] = bench_judge(model, 8, args.prompts if not q else 2, length, reps, args.device)

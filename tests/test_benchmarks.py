@@ -27,7 +27,8 @@ def test_reward_and_memory_sections(tmp_path):
     result = _run(tmp_path, "--only", "reward,memory")
     reward = result["reward"]
     for mix in ("math500", "integers"):
-        for variant in ("string", "equivalent", "equivalent_no_numeric_fast_path"):
+        for variant in ("string", "equivalent", "equivalent_no_numeric_fast_path", "equivalent_no_probe_rejection",
+                        "equivalent_neither"):
             assert reward[mix][variant]["completions_per_s"] > 0
         # the numeric fast path really replaces math-verify calls
         assert reward[mix]["equivalent"]["matcher_outcomes"].get("numeric", 0) > 0

@@ -148,6 +148,38 @@ def test_mutual_predictability_truncates_context_not_the_scored_rollout(engine):
         assert any("truncated" in m["content"] for m in conversation if m["role"] == "assistant")
 
 
+STRICT_TEMPLATE = (  # Gemma/Mistral-style: one system message first, then user/assistant strictly alternating
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% if not loop.first %}{{ raise_exception('system message not first') }}{% endif %}"
+    "{% else %}{% set i = loop.index0 - (1 if messages[0]['role'] == 'system' else 0) %}"
+    "{% if (m['role'] == 'user') != (i % 2 == 0) %}{{ raise_exception('roles must alternate') }}{% endif %}{% endif %}"
+    "<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>"
+    "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def test_mutual_predictability_under_a_strict_alternation_template(engine):
+    """A system prompt and a template that rejects consecutive user turns or a late system message (Gemma's):
+    the history holds the system message once, user/assistant alternate, and both the budget count and the
+    log-prob call render without error."""
+    import copy
+
+    tokenizer = copy.deepcopy(engine.tokenizer)
+    tokenizer.chat_template = STRICT_TEMPLATE
+    strict = TransformersEngine(engine._provider, tokenizer, max_context_tokens=400)
+    with pytest.raises(Exception, match="alternate"):
+        strict.count_chat_tokens([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 3 + 4?"}]
+    completions = ["3 + 4 = \\boxed{7}", "The sum is \\boxed{7}. " + "More words. " * 60, "\\boxed{8}"]
+    est = MutualPredictabilityEstimator(strict, seed=1)
+    for conversation, _ in est._pairs(Group(prompt=prompt, completions=completions)):
+        roles = [m["role"] for m in conversation]
+        assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+        assert strict.count_chat_tokens(conversation) <= 400
+    ref = est.estimate([Group(prompt=prompt, completions=completions)])[0]
+    assert ref.diagnostics["choice"] is not None and all(v is not None for v in ref.diagnostics["mean_nll"])
+
+
 # ------------------------------------------------------------------------------------------------- analyses
 
 
@@ -219,6 +251,11 @@ def test_pool_is_shared_and_nested_across_methods_and_g():
     assert cost["majority"]["4"]["generated_tokens_vs_one_rollout"] == pytest.approx(4.0)
     q = result["questions"][1]
     assert q["rollout_scores"] == [0.0, 0.0, 1.0, 1.0] and q["methods"]["self_bon"]["4"]["choice"] == 3
+    # Single graded on its first rollout only: its accuracy changes, the pass@G / all-wrong analyses still see all 4
+    one = evaluate_pool(items, methods, [1, 2, 4], AnswerScorer(matcher, extract_boxed), matcher, extract_boxed,
+                        single_rollouts=1, progress=False)
+    assert one["accuracy"]["single"]["4"]["accuracy"] == 0.0  # "1" (q0) and "5" (q1) are both wrong
+    assert one["analyses"] == result["analyses"] and one["questions"][1]["rollout_scores"] == [0.0, 0.0, 1.0, 1.0]
 
 
 # ------------------------------------------------------------------------------------------------- the command

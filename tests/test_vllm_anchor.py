@@ -238,3 +238,78 @@ def test_build_from_trainer_and_config_checks(models, tiny_model_path, tmp_path)
         CaTGRPOConfig(**base, cat_anchor_engine="vllm")
     with pytest.raises(ValueError, match="use_vllm: true and vllm_mode: colocate"):
         CaTGRPOConfig(**base, cat_anchor_engine="vllm", use_vllm=True, vllm_mode="server")
+
+
+def test_tensor_parallel_ranks_with_unequal_group_counts_get_their_own_outputs(models, monkeypatch):
+    """TP=2: both ranks of the group submit all gathered prompts to the one engine; rank 0 holds two conversations and
+    rank 1 one, so each rank's outputs start at the sum of the earlier ranks' counts (not rank x own count)."""
+    tokenizer, initial, _, engine_model = models
+    llm = FakeLLM(engine_model, tokenizer)
+    per_rank = [CONVERSATIONS, [[{"role": "user", "content": "Say hello."}]]]
+    expected = [_pi0_text(initial, tokenizer), [g.text for g in TransformersEngine(initial, tokenizer).generate(
+        per_rank[1], GREEDY)]]
+    for rank in (1, 0):
+        vg = SimpleNamespace(llm=llm, enable_sleep_mode=False, tensor_parallel_size=2, tp_group="tp",
+                             _llm_weights_sleeping=False)
+        engine = VLLMAnchorEngine(vg, module_weights(initial), tokenizer, mark_policy_stale=lambda: None,
+                                  sampling_params_cls=FakeSamplingParams)
+        ids = [[engine._prompt_ids(c, None) for c in convs] for convs in per_rank]
+
+        def all_gather_object(out, obj, group=None, rank=rank, ids=ids):
+            assert group == "tp" and obj == ids[rank]
+            out[:] = ids
+
+        monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None, rank=rank: rank)
+        got = engine.generate(per_rank[rank], GREEDY)
+        assert [g.text for g in got] == expected[rank]
+
+
+def test_auto_falls_back_to_transformers_where_the_vllm_anchor_cannot_stream_pi0(models, tmp_path):
+    """FSDP with the reference model as pi_0: the vLLM anchor cannot stream per-module-gathered weights. `auto` logs
+    and uses the transformers anchor (which still reproduces pi_0); an explicit `vllm` raises, naming the way out."""
+    from cat_trl.anchor import build_anchor_engine
+    from cat_trl.engines.vllm_engine import VLLMAnchorUnsupported
+
+    tokenizer, initial, policy, engine_model = models
+
+    def trainer(auto: bool):
+        args = SimpleNamespace(
+            cat_anchor_engine="vllm", cat_anchor_engine_auto=auto, cat_anchor_weights="ref_model", beta=0.04,
+            sync_ref_model=False, use_vllm=True, vllm_mode="colocate", cat_vllm_anchor_offload="cpu",
+            cat_anchor_batch_size=None, cat_anchor_max_context=None, ds3_gather_for_generation=True,
+            cat_anchor_model_name_or_path=None,
+        )
+        accelerator = SimpleNamespace(unwrap_model=lambda m: m, device=torch.device("cpu"), num_processes=1,
+                                      state=SimpleNamespace(deepspeed_plugin=None))
+        return SimpleNamespace(args=args, vllm_generation=_vg(FakeLLM(engine_model, tokenizer), False), model=policy,
+                               ref_model=initial, accelerator=accelerator, is_fsdp_enabled=True,
+                               is_deepspeed_enabled=False, processing_class=tokenizer, _last_loaded_step=3)
+
+    with pytest.raises(VLLMAnchorUnsupported, match="cat_anchor_engine: transformers"):
+        build_anchor_engine(trainer(auto=False))
+    t = trainer(auto=True)
+    engine, source = build_anchor_engine(t)
+    assert isinstance(engine, TransformersEngine) and source == "ref_model"
+    assert t.args.cat_anchor_engine == "transformers"
+    assert [g.text for g in engine.generate(CONVERSATIONS, GREEDY)] == _pi0_text(initial, tokenizer)
+
+
+def test_config_refuses_what_the_chosen_anchor_engine_cannot_do(tmp_path):
+    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False)
+    colocate = dict(use_vllm=True, vllm_mode="colocate")
+    judged = dict(cat_reward="rubric", cat_judge_engine="anchor", cat_judge_mode="logprob")
+    # the anchor as log-prob judge needs next-token log-probs: auto picks transformers, explicit vllm is refused
+    with pytest.raises(ValueError, match="cat_judge_mode: generate, or cat_anchor_engine: transformers"):
+        CaTGRPOConfig(**base, **colocate, **judged, cat_anchor_engine="vllm")
+    # (TRL itself refuses use_vllm without vLLM installed, so `auto` is checked on the resolution rule directly)
+    args = SimpleNamespace(open_ended=True, cat_judge_engine="anchor", cat_judge_mode="logprob")
+    assert "logprob" in CaTGRPOConfig._vllm_anchor_lacks(args)
+    args.cat_judge_mode = "generate"
+    assert CaTGRPOConfig._vllm_anchor_lacks(args) is None
+    # likelihood selection needs continuation log-probs, which a chat-completions server does not return
+    for estimator in ("min_ppl", "mutual_predictability"):
+        with pytest.raises(ValueError, match="cat_anchor_engine: transformers"):
+            CaTGRPOConfig(**base, cat_estimator=estimator, cat_anchor_engine="openai",
+                          cat_anchor_base_url="http://127.0.0.1:1/v1")
+    assert CaTGRPOConfig(**base).cat_anchor_engine_auto is True

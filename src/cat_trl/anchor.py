@@ -121,7 +121,7 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
         sync_ref_model=args.sync_ref_model,
     )
     if args.cat_anchor_engine == "vllm":
-        from .engines.vllm_engine import build_vllm_anchor
+        from .engines.vllm_engine import VLLMAnchorUnsupported, build_vllm_anchor
 
         checkpoint = None
         if source == "copy":
@@ -129,7 +129,14 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
 
             checkpoint = resolve_model_path(args.cat_anchor_model_name_or_path or model_name_or_path
                                             or trainer.accelerator.unwrap_model(trainer.model).config._name_or_path)
-        engine = build_vllm_anchor(trainer, source, checkpoint, args.cat_vllm_anchor_offload)
+        try:
+            engine = build_vllm_anchor(trainer, source, checkpoint, args.cat_vllm_anchor_offload)
+        except VLLMAnchorUnsupported as err:
+            if not getattr(args, "cat_anchor_engine_auto", False):
+                raise
+            logger.warning("CaT anchor: cat_anchor_engine=auto falls back to transformers: %s", err)
+            args.cat_anchor_engine = "transformers"  # what the run config and logs then record
+            return build_anchor_engine(trainer, model_name_or_path)
         limit = engine.max_context_tokens
         if args.cat_anchor_max_context and limit and args.cat_anchor_max_context > limit:
             raise ValueError(f"cat_anchor_max_context={args.cat_anchor_max_context} exceeds the colocated vLLM "

@@ -190,8 +190,19 @@ class CaTGRPOConfig(GRPOConfig):
         _choice("cat_anchor_engine", self.cat_anchor_engine, ANCHOR_ENGINES)
         _choice("cat_vllm_anchor_offload", self.cat_vllm_anchor_offload, ("cpu", "disk"))
         colocated = bool(getattr(self, "use_vllm", False)) and getattr(self, "vllm_mode", None) == "colocate"
+        lacking = self._vllm_anchor_lacks()
+        #: `auto` may still fall back to transformers at start-up (a weight source the vLLM anchor cannot stream)
+        self.cat_anchor_engine_auto = self.cat_anchor_engine == "auto"
         if self.cat_anchor_engine == "auto":  # resolved here so the W&B run config records the engine really used
-            self.cat_anchor_engine = "vllm" if colocated else "transformers"
+            self.cat_anchor_engine = "vllm" if colocated and lacking is None else "transformers"
+        if self.cat_anchor_engine == "vllm" and lacking is not None:
+            raise ValueError(f"cat_anchor_engine=vllm: {lacking}")
+        if self.cat_estimator in ("min_ppl", "mutual_predictability") and self.cat_anchor_engine == "openai":
+            raise ValueError(
+                f"cat_estimator={self.cat_estimator} scores every rollout's token log-probabilities under the anchor; "
+                "an OpenAI-compatible server does not return them for given text. Use cat_anchor_engine: "
+                "transformers (or vllm with use_vllm: true, vllm_mode: colocate)."
+            )
         if self.cat_anchor_engine == "vllm" and not colocated:
             raise ValueError(
                 "cat_anchor_engine=vllm time-shares TRL's colocated vLLM engine: set use_vllm: true and vllm_mode: "
@@ -223,6 +234,14 @@ class CaTGRPOConfig(GRPOConfig):
                     "sync_ref_model: false, or use cat_anchor_weights: copy."
                 )
         super().__post_init__()
+
+    def _vllm_anchor_lacks(self) -> str | None:
+        """Why the vLLM anchor cannot serve this configuration (None if it can): it generates and scores given text,
+        but has no next-token log-probs, which the anchor-as-judge log-prob mode needs."""
+        if self.open_ended and self.cat_judge_engine == "anchor" and self.cat_judge_mode == "logprob":
+            return ("the anchor also judges (cat_judge_engine: anchor) in cat_judge_mode: logprob, which the vLLM "
+                    "anchor does not provide. Use cat_judge_mode: generate, or cat_anchor_engine: transformers.")
+        return None
 
     @property
     def open_ended(self) -> bool:

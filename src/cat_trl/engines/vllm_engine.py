@@ -232,9 +232,10 @@ class VLLMAnchorEngine(Engine):
                 self.llm.wake_up(tags=["kv_cache"])
             outputs = (self.llm.generate([{"prompt_token_ids": ids} for ids in all_ids], sampling_params=params,
                                          use_tqdm=False) if all_ids else [])
-            if tp > 1:
+            if tp > 1:  # ranks may hold different numbers of groups: slice at this rank's offset in the gather
                 rank = torch.distributed.get_rank(group=self.vg.tp_group)
-                outputs = outputs[rank * len(prompt_ids) : (rank + 1) * len(prompt_ids)]
+                start = sum(len(chunk) for chunk in gathered[:rank])
+                outputs = outputs[start : start + len(prompt_ids)]
             return outputs
         finally:
             if self.vg.enable_sleep_mode:
@@ -295,6 +296,11 @@ class VLLMAnchorEngine(Engine):
         return results
 
 
+class VLLMAnchorUnsupported(ValueError):
+    """The vLLM anchor cannot stream pi_0's weights in this setting; `cat_anchor_engine: auto` then falls back to the
+    transformers anchor (logged), an explicit `vllm` raises this."""
+
+
 def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str = "cpu") -> VLLMAnchorEngine:
     """The time-shared anchor for a `GRPOTrainer` with `use_vllm: true, vllm_mode: colocate`."""
     args = trainer.args
@@ -309,16 +315,17 @@ def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str
     gather = getattr(dist, "gather_params", None) or (lambda params: contextlib.nullcontext())
     model = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_fsdp_enabled and source in ("peft_base", "ref_model"):
-        raise ValueError(
+        raise VLLMAnchorUnsupported(
             f"cat_anchor_weights={source} with the vLLM anchor is not supported under FSDP (parameters are gathered "
-            "per module there). Use cat_anchor_weights: copy (streams the initial checkpoint) or a served anchor."
+            "per module there). Use cat_anchor_weights: copy (streams the initial checkpoint), a served anchor, or "
+            "cat_anchor_engine: transformers."
         )
     if source == "peft_base":
         if "ref" in getattr(model, "peft_config", {}):
-            raise ValueError(
+            raise VLLMAnchorUnsupported(
                 "The policy is a pre-trained adapter (pi_0 = base + that adapter); the vLLM anchor streams unmerged "
                 "base weights only. Use cat_anchor_weights: copy with cat_anchor_model_name_or_path = the merged "
-                "initial checkpoint."
+                "initial checkpoint, or cat_anchor_engine: transformers."
             )
         weights = peft_base_weights(model, gather)
     elif source == "ref_model":

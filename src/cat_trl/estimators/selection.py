@@ -241,19 +241,29 @@ class MutualPredictabilityEstimator(_LikelihoodSelector):
             others = [c for i, c in enumerate(group.completions) if i != j]
             random.Random(f"{self.seed}:{digest}:{j}").shuffle(others)
             others = self._fit(prompt, others, target)
-            history: Conversation = []
-            for other in others:
-                history += [*prompt, {"role": "assistant", "content": other}]
-            pairs.append(([*history, *prompt], target))
+            pairs.append((_history(prompt, others), target))
         return pairs
 
     def _fit(self, prompt: Conversation, others: list[str], target: str) -> list[str]:
         if self.max_context_tokens is None or not others:
             return others
-        frame = self.engine.count_chat_tokens(prompt * (len(others) + 1), self.chat_template_kwargs)
+        # The frame is the very conversation that will be scored, with empty earlier answers: strict-alternation
+        # templates (Gemma, Mistral) see the same turn structure here as in `logprobs`.
+        frame = self.engine.count_chat_tokens(_history(prompt, [""] * len(others)), self.chat_template_kwargs)
         budget = self.max_context_tokens - frame - self.engine.count_tokens(target) - 8 * (len(others) + 1)
         lengths = [self.engine.count_tokens(o) for o in others]
         cap = water_fill(lengths, max(budget, len(others)))
         if cap is None:
             return others
         return [o if n <= cap else self.engine.truncate_tokens(o, max(cap - 8, 1)) for o, n in zip(others, lengths)]
+
+
+def _history(prompt: Conversation, earlier_answers: list[str]) -> Conversation:
+    """system messages once, then (prompt turns, earlier answer) per earlier answer, then the prompt turns again:
+    user and assistant strictly alternate, as every chat template accepts."""
+    system = [m for m in prompt if m.get("role") == "system"]
+    turns = [m for m in prompt if m.get("role") != "system"]
+    history: Conversation = list(system)
+    for answer in earlier_answers:
+        history += [*turns, {"role": "assistant", "content": answer}]
+    return [*history, *turns]

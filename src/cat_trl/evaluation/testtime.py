@@ -405,8 +405,11 @@ def evaluate_pool(
     g_max = max(gs)
     if any(len(item.rollouts) < g_max for item in items):
         raise ValueError(f"the pool has fewer than G_max={g_max} rollouts for some question")
-    # Every rollout scored once: Single's accuracy (averaged over the pool) and the all-wrong / pass@G analyses.
-    k = min(single_rollouts or g_max, g_max)
+    # Rollouts scored once: Single's accuracy (averaged over its first `single_rollouts`) and, for verifiable tasks,
+    # the all-wrong / pass@G analyses, which need all G_max of them (answer checks are cheap there). A costly grader
+    # (rubric tasks, no such analyses) scores only the rollouts Single uses.
+    single_k = min(single_rollouts or g_max, g_max)
+    k = g_max if scorer.verifiable else single_k
     flat_items = [item for item in items for _ in range(k)]
     flat_texts = [r for item in items for r in item.rollouts[:k]]
     flat_answers = [extract(t) if extract else None for t in flat_texts]
@@ -422,7 +425,7 @@ def evaluate_pool(
         runs[(name, g)] = run
     if "single" in methods:
         single = run_method("single", None, items, 1)
-        single.scores = [sum(c) / len(c) for c in rollout_correct]
+        single.scores = [sum(c[:single_k]) / single_k for c in rollout_correct]
         single.answers = [a[0] for a in rollout_answers]
         for g in gs:  # Single does not depend on G; repeated per G so every table row is complete
             runs[("single", g)] = MethodRun("single", g, single.texts, single.answers, single.choices, single.failed,
