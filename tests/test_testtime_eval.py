@@ -40,15 +40,16 @@ class ScriptedEngine(Engine):
 
     name = "scripted"
 
-    def __init__(self, reply: str):
+    def __init__(self, reply: str, finish_reason: str = "stop"):
         super().__init__()
-        self.reply, self.seen = reply, []
+        self.reply, self.seen, self.finish_reason = reply, [], finish_reason
 
     def generate(self, conversations, sampling, chat_template_kwargs=None):
         self.seen += conversations
         self.stats.calls += 1
         self.stats.sequences += len(conversations)
-        return [Generation(self.reply, prompt_tokens=5, completion_tokens=3) for _ in conversations]
+        return [Generation(self.reply, prompt_tokens=5, completion_tokens=3, finish_reason=self.finish_reason)
+                for _ in conversations]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,13 @@ def test_self_bon_reads_the_choice_and_falls_back_only_when_asked():
     assert none_ref.text is None and none_ref.answer is None and none_ref.diagnostics["selection_failed"]
     first = SelfBoNEstimator(confused, GREEDY, fallback="first").estimate([group])[0]
     assert first.diagnostics["choice"] == 0 and first.answer == "6" and first.diagnostics["selection_failed"]
+    # cut off by the token limit mid-comparison: the last "Response k" mentioned is no verdict; an explicit BEST is
+    cut = SelfBoNEstimator(ScriptedEngine("Response 1 has an error. Response 2 looks", "length"), GREEDY)
+    cut_ref = cut.estimate([group])[0]
+    assert cut_ref.text is None and cut_ref.diagnostics["selector_cut_off"]
+    done = SelfBoNEstimator(ScriptedEngine("BEST: 3\nBecause response 3 is", "length"), GREEDY).estimate([group])[0]
+    assert done.diagnostics["choice"] == 2
+    assert parse_choice("Response 2 looks", 3, strict=True) is None and parse_choice("Response 2 looks", 3) == 1
     # no question field: the prompt's last user message stands in
     SelfBoNEstimator(picker, GREEDY).estimate([Group(prompt=group.prompt, completions=group.completions)])
     assert "What is 2+3?" in picker.seen[-1][0]["content"]
@@ -277,6 +285,13 @@ def test_config_errors_name_the_problem_before_any_model_loads(tmp_path):
         load_config(_write(tmp_path, base + "num_generations: [0, 4]\n"))
     with pytest.raises(ValueError, match="match must be"):
         load_config(_write(tmp_path, base + "match: fuzzy\n"))
+    # one synthesis prompt serves both variants: {question} is refused while question-blind synthesis is listed
+    asks = "synthesis_prompt: 'Q: {question} R: {responses}'\n"
+    with pytest.raises(ValueError, match="method `synthesis` is question-blind"):
+        load_config(_write(tmp_path, base + asks + "methods: [synthesis, synthesis_with_question]\n"))
+    load_config(_write(tmp_path, base + asks + "methods: [synthesis_with_question]\n"))
+    with pytest.raises(ValueError, match="responses"):
+        load_config(_write(tmp_path, base + "synthesis_prompt: 'no slot'\nmethods: [synthesis]\n"))
     config, data = load_config(_write(tmp_path, base), ["--num_generations", "[2, 4]", "--dataset_max_samples=3"])
     assert config.num_generations == [2, 4] and data.dataset_max_samples == 3
     # HealthBench: majority needs final answers; the grader must be configured -- both before the model loads

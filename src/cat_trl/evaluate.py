@@ -100,7 +100,19 @@ class EvalConfig:
         if self.synthesis_prompt is not None:
             from .estimators.prompts import validate_template
 
-            validate_template(self.synthesis_prompt, include_question="synthesis_with_question" in self.methods)
+            from .estimators.prompts import QUESTION
+
+            # checked per listed variant: one prompt serves both, and question-blind synthesis must not get {question}
+            for method in ("synthesis", "synthesis_with_question"):
+                if method not in self.methods:
+                    continue
+                if method == "synthesis" and QUESTION in self.synthesis_prompt:
+                    raise ValueError(
+                        "synthesis_prompt contains {question}, but method `synthesis` is question-blind (the paper's "
+                        "anchor). Remove {question} (`synthesis_with_question` prepends the question itself) or list "
+                        "only synthesis_with_question."
+                    )
+                validate_template(self.synthesis_prompt, include_question=method == "synthesis_with_question")
 
     def sampling(self):
         from .engines.base import SamplingSettings

@@ -263,14 +263,17 @@ class TransformersEngine(Engine):
             members = [(i, sh) for sh, m in chunk for i in m]
             suffixes = [prompts[i][sh:] for i, sh in members]
             wide = max(len(x) for x in suffixes)
-            ids = torch.tensor([x + [pad] * (wide - len(x)) for x in suffixes], device=device)
-            suffix_mask = torch.tensor([[1] * len(x) + [0] * (wide - len(x)) for x in suffixes], device=device)
+            # Suffixes left-padded (the padding sits between prefix and suffix, masked out, positions continuing
+            # the prefix's), so every row's last real token is the last column and only its logits are computed.
+            ids = torch.tensor([[pad] * (wide - len(x)) + x for x in suffixes], device=device)
+            suffix_mask = torch.tensor([[0] * (wide - len(x)) + [1] * len(x) for x in suffixes], device=device)
             mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1)
-            positions = torch.tensor([[sh + j for j in range(wide)] for _, sh in members], device=device)
+            positions = torch.tensor([[sh + max(0, j - (wide - len(x))) for j in range(wide)]
+                                      for (_, sh), x in zip(members, suffixes)], device=device)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                           **{cache_arg: cache}).logits
-            for row, ((i, _), x) in enumerate(zip(members, suffixes)):
-                record(i, logits[row, len(x) - 1])
+                           logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
+            for row, (i, _) in enumerate(members):
+                record(i, logits[row])
 
     def _generation_config(self, sampling: SamplingSettings, eos: list[int]) -> GenerationConfig:
         greedy = sampling.temperature == 0
@@ -371,11 +374,16 @@ class TransformersEngine(Engine):
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
                 logits = logits[:, :-1]  # position t predicts token t + 1: the last kept position predicts nothing
                 targets = ids[:, width - longest :]
-                picked = logits.gather(-1, targets[..., None]).squeeze(-1).float()
-                logps = picked - torch.logsumexp(logits.float(), dim=-1)
                 for row, i in enumerate(idx):
+                    # Row by row, and only the row's own continuation positions: the float32 copy logsumexp needs
+                    # is continuation x vocab, never batch x longest x vocab (GBs at 150k vocab, 1.5k tokens).
                     c = len(pairs[i][1])
-                    results[i] = logps[row, longest - c :].tolist() if c else []
+                    if not c:
+                        results[i] = []
+                        continue
+                    row_logits = logits[row, longest - c :]
+                    picked = row_logits.gather(-1, targets[row, longest - c :, None]).squeeze(-1).float()
+                    results[i] = (picked - torch.logsumexp(row_logits.float(), dim=-1)).tolist()
         self.stats.calls += 1
         self.stats.sequences += len(pairs)
         self.stats.prompt_tokens += sum(len(p) + len(c) for p, c in pairs)

@@ -46,16 +46,18 @@ _RESPONSE_N = re.compile(r"response\s*#?\s*(\d+)", re.IGNORECASE)
 _BARE = re.compile(r"^\W*(\d+)\W*$")
 
 
-def parse_choice(text: str | None, num_candidates: int) -> int | None:
+def parse_choice(text: str | None, num_candidates: int, *, strict: bool = False) -> int | None:
     """The 0-based index of the chosen response, or None.
 
     Tried in order: the last "BEST: k" (also "best response is k", "Best: Response #k"); a reply that is only a
-    number; the last "Response k" mentioned. A number outside 1..num_candidates is not a choice.
+    number; the last "Response k" mentioned. A number outside 1..num_candidates is not a choice. `strict` accepts the
+    explicit "BEST: k" form only -- for a reply cut off by the token limit, whose last "Response k" is wherever the
+    comparison happened to stop, not a verdict.
     """
     if not isinstance(text, str):
         return None
     candidates: list[str] = []
-    for pattern in (_BEST, _BARE, _RESPONSE_N):
+    for pattern in (_BEST,) if strict else (_BEST, _BARE, _RESPONSE_N):
         found = pattern.findall(text.strip())
         if found:
             candidates = found
@@ -141,7 +143,8 @@ class SelfBoNEstimator(SynthesisEstimator):
         )
         references = []
         for group, n_truncated, out in zip(groups, truncated, outputs):
-            choice = parse_choice(out.text, len(group.completions))
+            cut_off = out.finish_reason == "length"
+            choice = parse_choice(out.text, len(group.completions), strict=cut_off)
             ref = _selected(
                 group,
                 choice,
@@ -151,6 +154,7 @@ class SelfBoNEstimator(SynthesisEstimator):
                     "selector_output": out.text,
                     "selector_prompt_tokens": out.prompt_tokens,
                     "selector_completion_tokens": out.completion_tokens,
+                    "selector_cut_off": cut_off,
                 },
             )
             ref.diagnostics["truncated"] = n_truncated
