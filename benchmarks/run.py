@@ -13,7 +13,8 @@ Sections (each prints a table; all numbers land in one JSON):
              syntheses go to the engine in one call.
 * `reward` : verifiable reward throughput (completions/s, one process) on MATH-500-like outputs: string-equal,
              equivalent-but-differently-written and wrong answers; `string` vs `equivalent` (math-verify) matching.
-* `judge`  : judge cost per step, `generate` vs `logprob` mode, n = 5 criteria x G = 8 x prompts per step
+* `judge`  : judge cost per step, `generate` vs `logprob` mode (and `logprob` without the shared-prefix KV cache),
+             n = 5 criteria x G = 8 x prompts per step
              (calls, tokens, seconds), and its ratio to the rollout time of the same step.
 * `memory` : extra *weight* bytes each anchor mode adds over plain GRPO (PEFT base, reference model, copy).
 
@@ -247,13 +248,17 @@ def bench_judge(model: str, g: int, prompts: int, length: int, reps: int, device
              for p, grp in enumerate(groups) for r in grp for c in criteria]
     conversations = [[{"role": "user", "content": f"Question {p}"}] for p in range(prompts) for _ in range(g)]
     res = {"pairs": len(items)}
-    rollout_s, mode_s, mode_stats = [], {"generate": [], "logprob": []}, {}
+    # logprob_no_prefix_sharing: the same log-prob judge with the shared-prefix KV cache off (the optimisation's
+    # before/after, interleaved in this one run)
+    modes = ("generate", "logprob", "logprob_no_prefix_sharing")
+    rollout_s, mode_s, mode_stats = [], {m: [] for m in modes}, {}
     for _ in range(reps):
         start = time.perf_counter()  # the same step's rollouts: G x prompts, full length
         engine.generate(conversations, SamplingSettings(max_new_tokens=length, temperature=1.0, seed=0))
         rollout_s.append(time.perf_counter() - start)
-        for mode in ("generate", "logprob"):
-            judge = Judge(engine, mode=mode)
+        for mode in modes:
+            judge = Judge(engine, mode=mode.split("_")[0])
+            engine.share_prefixes = mode != "logprob_no_prefix_sharing"
             before = engine.stats.snapshot()
             start = time.perf_counter()
             judge.judge(items)
@@ -261,12 +266,14 @@ def bench_judge(model: str, g: int, prompts: int, length: int, reps: int, device
             after = engine.stats.snapshot()
             mode_stats[mode] = {k: after[k] - before[k] for k in ("calls", "sequences", "prompt_tokens",
                                                                  "completion_tokens")}
+    engine.share_prefixes = True
     res["rollout_s"] = _median(rollout_s)
-    for mode in ("generate", "logprob"):
+    for mode in modes:
         res[mode] = {**mode_stats[mode], "seconds": _median(mode_s[mode]),
                      "vs_rollout_time": _median(mode_s[mode]) / res["rollout_s"]}
     res["target_logprob_vs_rollout"] = 0.5
     res["met"] = res["logprob"]["vs_rollout_time"] <= 0.5
+    res["prefix_sharing_speedup"] = res["logprob_no_prefix_sharing"]["seconds"] / res["logprob"]["seconds"]
     return res
 
 
@@ -384,7 +391,7 @@ def main(argv=None) -> int:
             r = result["reward"]
             variants_order = ("string", "equivalent", "equivalent_no_numeric_fast_path",
                               "equivalent_no_probe_rejection", "equivalent_neither")
-            rows = [("answers", "match", "completions/s", "math-verify calls", "target")]
+            rows = [("answers", "match", "completions/s", "parsed+checked", "target")]
             for mix in ("math500", "integers"):
                 for v in variants_order:
                     o = r[mix][v]["matcher_outcomes"]
@@ -399,9 +406,11 @@ def main(argv=None) -> int:
             j = result["judge"]
             rows = [("mode", "calls", "sequences", "prompt tok", "gen tok", "seconds", "x rollout time")]
             rows += [(m, j[m]["calls"], j[m]["sequences"], j[m]["prompt_tokens"], j[m]["completion_tokens"],
-                      _f(j[m]["seconds"]), _f(j[m]["vs_rollout_time"])) for m in ("generate", "logprob")]
+                      _f(j[m]["seconds"]), _f(j[m]["vs_rollout_time"]))
+                     for m in ("generate", "logprob", "logprob_no_prefix_sharing")]
             print(_table(f"judge cost per step ({j['pairs']} pairs = 5 criteria x G=8 x prompts; rollouts "
-                         f"{_f(j['rollout_s'])} s; target logprob <= 0.5x)", rows))
+                         f"{_f(j['rollout_s'])} s; target logprob <= 0.5x; shared-prefix cache "
+                         f"{_f(j['prefix_sharing_speedup'])}x)", rows))
         if "memory" in sections:
             result["memory"] = bench_memory(model, args.device, tmp)
             rows = [("anchor", "plain MB", "CaT MB", "extra MB")]

@@ -390,6 +390,11 @@ def test_probe_rejection_agrees_with_math_verify(math500_path):
     gold = [json.loads(line)["answer"] for line in math500_path.read_text().splitlines() if line.strip()]
     rng = random.Random(0)
     pairs = [("\\sin^2 x+\\cos^2 x", "1"), ("(x+1)^2-x^2-2x", "1"), ("\\frac{x}{x}", "1"), ("x - x + 3", "3")]
+    # number pairs near math-verify's rounding and the guard's tolerance, percentages, degrees, constants
+    pairs += [("10\\%", "10"), ("10\\%", "0.1"), ("0.5", "\\frac{1}{2}"), ("\\frac{1}{2^{99}}", "\\frac{1}{2^{98}}"),
+              ("\\pi", "3.14159"), ("\\pi", "3.1415926535"), ("\\frac{\\pi}{2}", "90^\\circ"), ("3", "3.0000001"),
+              ("\\sqrt{2}", "1.414"), ("\\sqrt{8}", "2\\sqrt{2}"), ("-\\frac{1}{3}", "\\frac{-1}{3}"), ("1,000", "1000"),
+              ("\\frac{1}{3}", "0.333"), ("e", "2.718281828"), ("i", "\\sqrt{-1}"), ("2+3i", "3i+2"), ("2+3i", "2-3i")]
     for a in rng.sample(gold, 60):
         pairs += [("x+1", a), (a, "2x"), ("-" + a, a), (a, rng.choice(gold))]
     try:
@@ -401,7 +406,8 @@ def test_probe_rejection_agrees_with_math_verify(math500_path):
         full = [A._equivalent(a, b, 5.0) for a, b in pairs]
     finally:
         A._PROBE_REJECTION = True
-    assert [f == "verified" for f in fast] == [f == "verified" for f in full]
+    assert [f == "verified" for f in fast] == [f == "verified" for f in full], [
+        (p, f, g) for p, f, g in zip(pairs, fast, full) if (f == "verified") != (g == "verified")]
     assert fast[:4] == ["verified"] * 4
 
 

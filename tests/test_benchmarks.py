@@ -46,3 +46,5 @@ def test_full_quick_benchmark(tmp_path):
     assert set(result["anchor"]) == {"1", "4"}
     judge = result["judge"]
     assert judge["logprob"]["completion_tokens"] == 0 and judge["generate"]["completion_tokens"] > 0
+    assert judge["logprob_no_prefix_sharing"]["prompt_tokens"] == judge["logprob"]["prompt_tokens"]
+    assert judge["prefix_sharing_speedup"] > 0

@@ -232,6 +232,18 @@ _PROBE_REJECTION = True
 _PROBES = (0.7311, 1.3137)  # arbitrary irrational-looking points: an identity holds at them, a mismatch shows
 
 
+def _certainly_differ(x, y, guard: bool, seconds: int | None) -> bool:
+    """A rejection decided without math-verify's comparison, identical to its outcome: two numbers farther apart than
+    `_REL_TOL` (the guard below would veto math-verify's acceptance anyway), or a number against an expression that
+    evaluates differently (`_differs_from_number`). Symbolic pairs (expressions in free symbols on both sides) still
+    go to math-verify, whose simplification knows more identities than two probe points can prove absent."""
+    import sympy
+
+    if guard and isinstance(x, sympy.Expr) and isinstance(y, sympy.Expr) and x.is_number and y.is_number:
+        return not _close_enough(x, y, seconds)
+    return _differs_from_number(x, y)
+
+
 def _differs_from_number(x, y) -> bool:
     """True only when one side is a number and the other an expression in free symbols that takes a *different*
     value at two probe points -- then the two cannot be identically equal, which is what math-verify's symbolic
@@ -298,11 +310,11 @@ def _equivalent(a: str, b: str, timeout: float | None) -> str:
         exprs_a = [c for c in pa if not isinstance(c, str)]
         exprs_b = [c for c in pb if not isinstance(c, str)]
         strings_a = {c for c in pa if isinstance(c, str)}
-        if (_PROBE_REJECTION and exprs_a and exprs_b and not strings_a & {c for c in pb if isinstance(c, str)}
-                and all(_differs_from_number(x, y) for x in exprs_a for y in exprs_b)):
-            return "rejected"
         # Percentages are exempt from the tiny-value guard: math-verify deliberately accepts `10\%` for `10`.
         guard = "%" not in a and "%" not in b
+        if (_PROBE_REJECTION and exprs_a and exprs_b and not strings_a & {c for c in pb if isinstance(c, str)}
+                and all(_certainly_differ(x, y, guard, seconds) for x in exprs_a for y in exprs_b)):
+            return "rejected"
         verified = _one_way(pa, pb, seconds, guard) and _one_way(pb, pa, seconds, guard)
         return "verified" if verified else "rejected"
     except TimeoutException:  # a BaseException in math-verify: the first timeout ends the check
