@@ -154,6 +154,36 @@ class Engine(ABC):
         return _head_tail(text[: keep // 2], text[len(text) - (keep - keep // 2) :])
 
 
+class TokenizerBudget:
+    """Exact token counting and truncation for engines that hold the anchor's own tokenizer (`self.tokenizer`):
+    transformers and vLLM render prompts with the same chat template, so budgets are counted the same way."""
+
+    tokenizer: Any
+
+    def _prompt_ids(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False, **(chat_template_kwargs or {})
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_chat_tokens(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None = None) -> int:
+        return len(self._prompt_ids(conversation, chat_template_kwargs))
+
+    def truncate_tokens(self, text: str, max_tokens: int) -> str:
+        if max_tokens <= 0:
+            return ""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_tokens:
+            return text
+        head = max_tokens // 2
+        tail = max_tokens - head
+        decode = self.tokenizer.decode
+        return _head_tail(decode(ids[:head]), decode(ids[-tail:]) if tail else "")
+
+
 def word_variants(word: str) -> list[str]:
     """Spellings a model may use for a one-word answer as its first token."""
     forms = {word, word.lower(), word.capitalize(), word.upper()}

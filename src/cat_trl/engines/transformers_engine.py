@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
-from .base import word_variants, Conversation, Engine, Generation, SamplingSettings, _head_tail
+from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget, word_variants
 
 ModelProvider = Callable[[], contextlib.AbstractContextManager[PreTrainedModel]]
 
@@ -62,7 +62,7 @@ def _cut_at_stop(tokenizer, tokens: list[int], stops: tuple[str, ...]) -> list[i
     return None
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(TokenizerBudget, Engine):
     """Batched chat generation and continuation log-probs with `transformers`.
 
     Args:
@@ -149,26 +149,6 @@ class TransformersEngine(Engine):
 
     # ---------------------------------------------------------------- tokenisation
 
-    def _prompt_ids(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False, **(chat_template_kwargs or {})
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def truncate_tokens(self, text: str, max_tokens: int) -> str:
-        if max_tokens <= 0:
-            return ""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= max_tokens:
-            return text
-        head = max_tokens // 2
-        tail = max_tokens - head
-        decode = self.tokenizer.decode
-        return _head_tail(decode(ids[:head]), decode(ids[-tail:]) if tail else "")
-
     def _eos_ids(self, model: PreTrainedModel) -> list[int]:
         ids: set[int] = set()
         for source in (model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
@@ -232,9 +212,6 @@ class TransformersEngine(Engine):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             yield
-
-    def count_chat_tokens(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None = None) -> int:
-        return len(self._prompt_ids(conversation, chat_template_kwargs))
 
     def _shared_prefix_logits(self, model, device, pad, prompts, groups, record) -> None:
         """Next-token logits for prompt `groups` [(shared length, member indices)]: per micro-batch of groups, one

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .base import Conversation, Engine, Generation, SamplingSettings
+from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def checkpoint_weights(path: str, offload: str = "cpu", device: str | torch.devi
     return lambda: iter(resident)
 
 
-class VLLMAnchorEngine(Engine):
+class VLLMAnchorEngine(TokenizerBudget, Engine):
     """Runs pi_0 in TRL's colocated `vllm.LLM` between two policy generations (see the module docstring).
 
     Args:
@@ -157,28 +157,6 @@ class VLLMAnchorEngine(Engine):
     @property
     def max_context_tokens(self) -> int | None:
         return self._max_context
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def count_chat_tokens(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None = None) -> int:
-        return len(self._prompt_ids(conversation, chat_template_kwargs))
-
-    def truncate_tokens(self, text: str, max_tokens: int) -> str:
-        from .base import _head_tail
-
-        if max_tokens <= 0:
-            return ""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= max_tokens:
-            return text
-        head = max_tokens // 2
-        return _head_tail(self.tokenizer.decode(ids[:head]), self.tokenizer.decode(ids[len(ids) - (max_tokens - head):]))
-
-    def _prompt_ids(self, conversation: Conversation, chat_template_kwargs: dict[str, Any] | None) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False,
-                                                  **(chat_template_kwargs or {}))
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     # ------------------------------------------------------------------ the time-shared engine
 

@@ -129,18 +129,9 @@ class SelfBoNEstimator(SynthesisEstimator):
         self.fallback = fallback
 
     def estimate(self, groups: list[Group]) -> list[Reference]:
-        from .prompts import build_synthesis_prompt
-
         if self.include_question:  # selection reads the question; fall back to the prompt's text when not given
             groups = [g if g.question is not None else replace(g, question=_prompt_text(g.prompt)) for g in groups]
-        prompts, truncated = [], []
-        for group in groups:
-            completions, n_truncated = self._fit(group)
-            prompts.append(build_synthesis_prompt(self.template, completions, group.question, self.include_question))
-            truncated.append(n_truncated)
-        outputs = self.engine.generate(
-            [[{"role": "user", "content": p}] for p in prompts], self.sampling, self.chat_template_kwargs
-        )
+        _, truncated, outputs = self._run_anchor(groups)
         references = []
         for group, n_truncated, out in zip(groups, truncated, outputs):
             cut_off = out.finish_reason == "length"

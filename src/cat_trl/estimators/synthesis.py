@@ -115,7 +115,8 @@ class SynthesisEstimator(ReferenceEstimator):
         fitted = [c if n <= cap else self.engine.truncate_tokens(c, keep) for c, n in zip(group.completions, lengths)]
         return fitted, sum(n > cap for n in lengths)
 
-    def estimate(self, groups: list[Group]) -> list[Reference]:
+    def _run_anchor(self, groups: list[Group]) -> tuple[list[str], list[int], list]:
+        """One engine call for all groups: (prompts, rollouts truncated per group, generations)."""
         prompts, truncated = [], []
         for group in groups:
             completions, n_truncated = self._fit(group)
@@ -124,6 +125,10 @@ class SynthesisEstimator(ReferenceEstimator):
         outputs = self.engine.generate(
             [[{"role": "user", "content": p}] for p in prompts], self.sampling, self.chat_template_kwargs
         )
+        return prompts, truncated, outputs
+
+    def estimate(self, groups: list[Group]) -> list[Reference]:
+        prompts, truncated, outputs = self._run_anchor(groups)
         references = []
         for prompt, n_truncated, out in zip(prompts, truncated, outputs):
             text = unified_section(out.text)
