@@ -380,6 +380,28 @@ def test_numeric_fast_path_agrees_with_math_verify():
     assert matcher.stats["numeric"] > 0
 
 
+@pytest.mark.parametrize(
+    "a,b",
+    [("\\text{(E)}", "e"), ("E", "e"), ("\\text{E}", "e"), ("x", "2"), ("k", "n"), ("\\text{12}", "12"),
+     ("10\\%", "0.1"), ("\\frac{1}{2^{99}}", "\\frac{1}{2^{98}}"), ("\\pi", "3.1415926535"), ("x+1", "3"),
+     ("(1, 2)", "(1, 3)"), ("x = 5", "5"), ("[0, 1)", "[0, 1]"), ("\\infty", "10^{9}"), ("2+3i", "2-3i")],
+)
+def test_early_rejections_equal_full_math_verify(a, b):
+    """Lone symbols are compared by name in math-verify (`e` is Euler's number, `\\text{(E)}` vs `e` is accepted), so
+    no early rejection may decide them; numbers, tuples, relations and intervals get math-verify's verdict too."""
+    from cat_trl import answers as A
+
+    verdicts = []
+    try:
+        for probe in (True, False):
+            A._PROBE_REJECTION = probe
+            A._parse.cache_clear()
+            verdicts.append(A._equivalent(a, b, 5.0) == "verified")
+    finally:
+        A._PROBE_REJECTION = True
+    assert verdicts[0] == verdicts[1]
+
+
 def test_probe_rejection_agrees_with_math_verify(math500_path):
     """A number against an expression that evaluates differently at two probe points is rejected without sympy's
     simplify; the decision must equal full math-verify on real MATH-500 answers, and identities must still pass."""
@@ -421,3 +443,4 @@ def test_numbers_beyond_pythons_int_digit_limit_never_raise(mode):
     assert m.match(huge, huge) is True
     assert m.match(huge, "9" * 4999 + "8") is False
     assert m.match(huge, "7") is False
+    assert not any(m.stats.get(k) for k in ("error", "unparseable")), m.stats  # decided, not failed

@@ -431,3 +431,33 @@ def test_next_token_logprobs_share_prefixes_exactly(embedded_model_path):
         assert g.keys() == w.keys()
         for k in g:
             assert g[k] == pytest.approx(w[k], abs=1e-4)
+
+
+def test_shared_prefixes_stay_exact_under_a_sliding_window(tiny_model_path):
+    """A sliding-window mask counts cache slots, not positions: padding between a shared prefix and a short suffix
+    would hide prefix tokens from it. Windowed models keep suffixes right-padded; the result equals computing each
+    prompt on its own (random tiny Mistral, window 6, suffixes of very different lengths)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from cat_trl.engines.transformers_engine import _uses_sliding_window
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                           max_position_embeddings=512, attn_implementation="sdpa")
+    model = MistralForCausalLM(config).eval()
+    assert _uses_sliding_window(model.config)
+    assert not _uses_sliding_window(MistralConfig(sliding_window=None))
+    common = "Here is a fairly long shared context that every judge prompt about this response repeats. "
+    prompts = [[{"role": "user", "content": common + tail}] for tail in
+               ("Yes?", "Is this criterion, which is written out at some considerable length, satisfied here?")]
+    shared = TransformersEngine(model, tok)
+    plain = TransformersEngine(model, tok)
+    plain.share_prefixes = False
+    got = shared.next_token_logprobs(prompts, ("yes", "no"))
+    want = plain.next_token_logprobs(prompts, ("yes", "no"))
+    assert shared.stats.extra.get("shared_prefix_tokens_saved", 0) > 10
+    for g, w in zip(got, want):
+        for k in g:
+            assert g[k] == pytest.approx(w[k], abs=1e-4)

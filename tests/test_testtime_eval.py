@@ -100,6 +100,9 @@ def test_self_bon_reads_the_choice_and_falls_back_only_when_asked():
     done = SelfBoNEstimator(ScriptedEngine("BEST: 3\nBecause response 3 is", "length"), GREEDY).estimate([group])[0]
     assert done.diagnostics["choice"] == 2
     assert parse_choice("Response 2 looks", 3, strict=True) is None and parse_choice("Response 2 looks", 3) == 1
+    for unfinished in ("Which is best: Response 2 or Response 3? Let me", "the best\n\nResponse 3 says", "BEST: 1"):
+        assert parse_choice(unfinished, 3, strict=True) is None, unfinished  # "BEST: 1" may have become "BEST: 12"
+    assert parse_choice("Compared.\n**BEST: 2**\nAnd", 3, strict=True) == 1
     # no question field: the prompt's last user message stands in
     SelfBoNEstimator(picker, GREEDY).estimate([Group(prompt=group.prompt, completions=group.completions)])
     assert "What is 2+3?" in picker.seen[-1][0]["content"]

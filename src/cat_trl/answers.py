@@ -241,7 +241,13 @@ def _certainly_differ(x, y, guard: bool, seconds: int | None) -> bool:
 
     if guard and isinstance(x, sympy.Expr) and isinstance(y, sympy.Expr) and x.is_number and y.is_number:
         return not _close_enough(x, y, seconds)
-    return _differs_from_number(x, y)
+    from math_verify.errors import TimeoutException
+    from math_verify.utils import timeout as mv_timeout
+
+    try:  # evalf of a huge product can take seconds: bounded like math-verify's own steps; too slow = undecided
+        return mv_timeout(seconds)(_differs_from_number)(x, y)
+    except TimeoutException:
+        return False
 
 
 def _differs_from_number(x, y) -> bool:
@@ -254,6 +260,8 @@ def _differs_from_number(x, y) -> bool:
 
     if not (isinstance(x, sympy.Expr) and isinstance(y, sympy.Expr)):
         return False
+    if isinstance(x, sympy.Symbol) or isinstance(y, sympy.Symbol):
+        return False  # math-verify compares a lone symbol by name (`e` vs E, `\text{(E)}` vs `e`), not by value
     if x.is_number and not y.is_number:
         number, expr = x, y
     elif y.is_number and not x.is_number:

@@ -216,11 +216,12 @@ class TransformersEngine(TokenizerBudget, Engine):
     def _shared_prefix_logits(self, model, device, pad, prompts, groups, record) -> None:
         """Next-token logits for prompt `groups` [(shared length, member indices)]: per micro-batch of groups, one
         forward over their prefixes (left-padded, cached), the cache rows repeated per member, then one forward over
-        all members' suffixes (right-padded). Exact: every suffix token attends to its own prefix and its own earlier
+        all members' suffixes. Exact: every suffix token attends to its own prefix and its own earlier
         tokens only, and logits are read at each row's last real token."""
         import inspect
 
         cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        sliding = _uses_sliding_window(model.config)
         size = self.batch_size or sum(len(m) for _, m in groups)
         chunks: list[list[tuple[int, list[int]]]] = [[]]
         for group in groups:
@@ -240,17 +241,26 @@ class TransformersEngine(TokenizerBudget, Engine):
             members = [(i, sh) for sh, m in chunk for i in m]
             suffixes = [prompts[i][sh:] for i, sh in members]
             wide = max(len(x) for x in suffixes)
-            # Suffixes left-padded (the padding sits between prefix and suffix, masked out, positions continuing
-            # the prefix's), so every row's last real token is the last column and only its logits are computed.
-            ids = torch.tensor([[pad] * (wide - len(x)) + x for x in suffixes], device=device)
-            suffix_mask = torch.tensor([[0] * (wide - len(x)) + [1] * len(x) for x in suffixes], device=device)
+            if sliding:
+                # Right-padded: a sliding-window mask counts cache slots, not positions, so no padding may sit
+                # between a prefix and its suffix; logits are read at each row's last real token.
+                ids = torch.tensor([x + [pad] * (wide - len(x)) for x in suffixes], device=device)
+                suffix_mask = torch.tensor([[1] * len(x) + [0] * (wide - len(x)) for x in suffixes], device=device)
+                positions = torch.tensor([[sh + j for j in range(wide)] for _, sh in members], device=device)
+                keep, last = 0, [len(x) - 1 for x in suffixes]
+            else:
+                # Left-padded (the padding sits between prefix and suffix, masked out, positions continuing the
+                # prefix's): every row's last real token is the last column, so only its logits are computed.
+                ids = torch.tensor([[pad] * (wide - len(x)) + x for x in suffixes], device=device)
+                suffix_mask = torch.tensor([[0] * (wide - len(x)) + [1] * len(x) for x in suffixes], device=device)
+                positions = torch.tensor([[sh + max(0, j - (wide - len(x))) for j in range(wide)]
+                                          for (_, sh), x in zip(members, suffixes)], device=device)
+                keep, last = 1, [-1] * len(suffixes)
             mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1)
-            positions = torch.tensor([[sh + max(0, j - (wide - len(x))) for j in range(wide)]
-                                      for (_, sh), x in zip(members, suffixes)], device=device)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                           logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
+                           logits_to_keep=keep, **{cache_arg: cache}).logits
             for row, (i, _) in enumerate(members):
-                record(i, logits[row])
+                record(i, logits[row, last[row]])
 
     def _generation_config(self, sampling: SamplingSettings, eos: list[int]) -> GenerationConfig:
         greedy = sampling.temperature == 0
@@ -429,6 +439,18 @@ class TransformersEngine(TokenizerBudget, Engine):
         self.stats.prompt_tokens += sum(len(p) for p in prompts)
         self.stats.seconds += time.perf_counter() - start
         return results
+
+
+def _uses_sliding_window(config) -> bool:
+    """Whether any attention layer is windowed (Mistral, Gemma 2/3, gpt-oss; Qwen's configs carry a window they do
+    not use)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None:
+        return any("sliding" in str(t) for t in layer_types)
+    if getattr(text, "use_sliding_window", True) is False:
+        return False
+    return bool(getattr(text, "sliding_window", None))
 
 
 def _prefix_groups(prompts: list[list[int]], min_shared: int) -> list[tuple[int, list[int]]]:

@@ -41,6 +41,7 @@ The problem:
 
 Read every response carefully and decide which single response is the best: correct, complete and well reasoned. Do not write a new solution. End your reply with a line of the form "BEST: k", where k is the number of the best response."""
 
+_BEST_LINE = re.compile(r"^\W*best\s*:\s*(?:response\s*)?#?\s*(\d+)\W*$", re.IGNORECASE | re.MULTILINE)
 _BEST = re.compile(r"best\s*(?:response)?\s*(?:is|:|=|-)?\s*(?:response\s*)?[#(\[]?\s*(\d+)", re.IGNORECASE)
 _RESPONSE_N = re.compile(r"response\s*#?\s*(\d+)", re.IGNORECASE)
 _BARE = re.compile(r"^\W*(\d+)\W*$")
@@ -50,14 +51,18 @@ def parse_choice(text: str | None, num_candidates: int, *, strict: bool = False)
     """The 0-based index of the chosen response, or None.
 
     Tried in order: the last "BEST: k" (also "best response is k", "Best: Response #k"); a reply that is only a
-    number; the last "Response k" mentioned. A number outside 1..num_candidates is not a choice. `strict` accepts the
-    explicit "BEST: k" form only -- for a reply cut off by the token limit, whose last "Response k" is wherever the
-    comparison happened to stop, not a verdict.
+    number; the last "Response k" mentioned. A number outside 1..num_candidates is not a choice. `strict` accepts only
+    a completed line of the form "BEST: k" -- for a reply cut off by the token limit, whose last "Response k" is
+    wherever the comparison happened to stop and whose last line may be cut mid-number.
     """
     if not isinstance(text, str):
         return None
+    if strict:  # a verdict line "BEST: k" that was finished: the last line may have been cut mid-number ("BEST: 1|2")
+        found = _BEST_LINE.findall(text.rsplit("\n", 1)[0] if "\n" in text else "")
+        k = int(found[-1]) if found else 0
+        return k - 1 if 1 <= k <= num_candidates else None
     candidates: list[str] = []
-    for pattern in (_BEST,) if strict else (_BEST, _BARE, _RESPONSE_N):
+    for pattern in (_BEST, _BARE, _RESPONSE_N):
         found = pattern.findall(text.strip())
         if found:
             candidates = found
