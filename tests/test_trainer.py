@@ -332,7 +332,8 @@ def test_selection_estimators_as_rl_references(tmp_path, tiny_model_path, estima
 
         engine = trainer.cat_estimator.engine
         real = engine.generate
-        engine.generate = lambda *a, **k: [_replace(g, text=g.text + "\nBEST: 2") for g in real(*a, **k)]
+        # a finished verdict line (a reply cut off by the token limit is read only up to its last full line)
+        engine.generate = lambda *a, **k: [_replace(g, text=g.text + "\nBEST: 2\n") for g in real(*a, **k)]
     trainer.train()
     assert trainer.state.global_step == 1
     rows = _rows(trainer)

@@ -293,11 +293,7 @@ class OpenAIEngine(Engine):
             return Generation(text, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, finish)
 
         results = self._map(one, list(conversations))
-        self.stats.calls += 1
-        self.stats.sequences += len(results)
-        self.stats.prompt_tokens += sum(r.prompt_tokens for r in results)
-        self.stats.completion_tokens += sum(r.completion_tokens for r in results)
-        self.stats.seconds += time.perf_counter() - start
+        self.stats.add_call(results, time.perf_counter() - start)
         return results
 
     def next_token_logprobs(

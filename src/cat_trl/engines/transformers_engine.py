@@ -182,7 +182,7 @@ class TransformersEngine(TokenizerBudget, Engine):
                 batch = [prompts[i] for i in idx]
                 for i, gen in zip(idx, self._generate_batch(model, batch, config, eos, sampling.stop)):
                     results[i] = gen
-        self._account(results, time.perf_counter() - start)
+        self.stats.add_call(results, time.perf_counter() - start)
         return results  # type: ignore[return-value]
 
     def _plan(self, order: list[int]) -> list[list[int] | None]:
@@ -310,13 +310,6 @@ class TransformersEngine(TokenizerBudget, Engine):
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             generations.append(Generation(text, len(prompt), len(tokens), finish))
         return generations
-
-    def _account(self, results, seconds: float) -> None:
-        self.stats.calls += 1
-        self.stats.sequences += len(results)
-        self.stats.prompt_tokens += sum(r.prompt_tokens for r in results)
-        self.stats.completion_tokens += sum(r.completion_tokens for r in results)
-        self.stats.seconds += seconds
 
     # ---------------------------------------------------------------- log-probabilities
 

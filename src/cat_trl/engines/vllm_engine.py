@@ -237,11 +237,7 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
                 completion.token_ids, skip_special_tokens=True)
             results.append(Generation(text=text, prompt_tokens=len(ids), completion_tokens=len(completion.token_ids),
                                       finish_reason=completion.finish_reason or "stop"))
-        self.stats.calls += 1
-        self.stats.sequences += len(results)
-        self.stats.prompt_tokens += sum(len(ids) for ids in prompt_ids)
-        self.stats.completion_tokens += sum(r.completion_tokens for r in results)
-        self.stats.seconds += time.perf_counter() - start
+        self.stats.add_call(results, time.perf_counter() - start)
         return results
 
     def logprobs(
