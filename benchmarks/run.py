@@ -42,6 +42,15 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 SECTIONS = ("step", "anchor", "reward", "judge", "memory")
+#: reward variants: (match mode, numeric fast path, early rejection); the last two are the optimisations, each
+#: switched off alone and both together
+REWARD_VARIANTS = {"string": ("string", True, True), "equivalent": ("equivalent", True, True),
+                   "equivalent_no_numeric_fast_path": ("equivalent", False, True),
+                   "equivalent_no_probe_rejection": ("equivalent", True, False),
+                   "equivalent_neither": ("equivalent", False, False)}
+#: judge modes; logprob_no_prefix_sharing is the log-prob judge with the shared-prefix KV cache off (the
+#: optimisation's before/after, interleaved in the same run)
+JUDGE_MODES = ("generate", "logprob", "logprob_no_prefix_sharing")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -204,11 +213,7 @@ def bench_reward(n: int, g: int, reps: int) -> dict:
 
     out = {}
     CaTMathReward(match="equivalent")(*_math_outputs(2, g))  # imports math-verify/sympy outside the timing
-    # (match mode, numeric fast path, probe rejection): the last two are the optimisations, each switched off alone
-    variants = {"string": ("string", True, True), "equivalent": ("equivalent", True, True),
-                "equivalent_no_numeric_fast_path": ("equivalent", False, True),
-                "equivalent_no_probe_rejection": ("equivalent", True, False),
-                "equivalent_neither": ("equivalent", False, False)}
+    variants = REWARD_VARIANTS
     for mix in ("math500", "integers"):
         completions, references = _math_outputs(n, g, integers=mix == "integers")
         secs = {v: [] for v in variants}
@@ -248,9 +253,7 @@ def bench_judge(model: str, g: int, prompts: int, length: int, reps: int, device
              for p, grp in enumerate(groups) for r in grp for c in criteria]
     conversations = [[{"role": "user", "content": f"Question {p}"}] for p in range(prompts) for _ in range(g)]
     res = {"pairs": len(items)}
-    # logprob_no_prefix_sharing: the same log-prob judge with the shared-prefix KV cache off (the optimisation's
-    # before/after, interleaved in this one run)
-    modes = ("generate", "logprob", "logprob_no_prefix_sharing")
+    modes = JUDGE_MODES
     rollout_s, mode_s, mode_stats = [], {m: [] for m in modes}, {}
     for _ in range(reps):
         start = time.perf_counter()  # the same step's rollouts: G x prompts, full length
@@ -389,11 +392,9 @@ def main(argv=None) -> int:
         if "reward" in sections:
             result["reward"] = bench_reward(100 if q else 500, 8, reps)
             r = result["reward"]
-            variants_order = ("string", "equivalent", "equivalent_no_numeric_fast_path",
-                              "equivalent_no_probe_rejection", "equivalent_neither")
             rows = [("answers", "match", "completions/s", "parsed+checked", "target")]
             for mix in ("math500", "integers"):
-                for v in variants_order:
+                for v in REWARD_VARIANTS:
                     o = r[mix][v]["matcher_outcomes"]
                     calls = 0 if v == "string" else sum(o.get(k, 0) for k in ("verified", "rejected", "timeout",
                                                                                    "error", "unparseable"))
@@ -407,7 +408,7 @@ def main(argv=None) -> int:
             rows = [("mode", "calls", "sequences", "prompt tok", "gen tok", "seconds", "x rollout time")]
             rows += [(m, j[m]["calls"], j[m]["sequences"], j[m]["prompt_tokens"], j[m]["completion_tokens"],
                       _f(j[m]["seconds"]), _f(j[m]["vs_rollout_time"]))
-                     for m in ("generate", "logprob", "logprob_no_prefix_sharing")]
+                     for m in JUDGE_MODES]
             print(_table(f"judge cost per step ({j['pairs']} pairs = 5 criteria x G=8 x prompts; rollouts "
                          f"{_f(j['rollout_s'])} s; target logprob <= 0.5x; shared-prefix cache "
                          f"{_f(j['prefix_sharing_speedup'])}x)", rows))

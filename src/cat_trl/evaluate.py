@@ -97,22 +97,19 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
-        if self.synthesis_prompt is not None:
-            from .estimators.prompts import validate_template
+        listed = [m for m in ("synthesis", "synthesis_with_question") if m in self.methods]
+        if self.synthesis_prompt is not None and listed:
+            from .estimators.prompts import QUESTION, validate_template
 
-            from .estimators.prompts import QUESTION
-
-            # checked per listed variant: one prompt serves both, and question-blind synthesis must not get {question}
-            for method in ("synthesis", "synthesis_with_question"):
-                if method not in self.methods:
-                    continue
-                if method == "synthesis" and QUESTION in self.synthesis_prompt:
-                    raise ValueError(
-                        "synthesis_prompt contains {question}, but method `synthesis` is question-blind (the paper's "
-                        "anchor). Remove {question} (`synthesis_with_question` prepends the question itself) or list "
-                        "only synthesis_with_question."
-                    )
-                validate_template(self.synthesis_prompt, include_question=method == "synthesis_with_question")
+            # One prompt serves both variants: it needs {responses}, and question-blind synthesis must not get
+            # {question} (synthesis_with_question prepends the question when the prompt has no slot for it).
+            validate_template(self.synthesis_prompt, include_question=True)
+            if "synthesis" in listed and QUESTION in self.synthesis_prompt:
+                raise ValueError(
+                    "synthesis_prompt contains {question}, but method `synthesis` is question-blind (the paper's "
+                    "anchor). Remove {question} (`synthesis_with_question` prepends the question itself) or list "
+                    "only synthesis_with_question."
+                )
 
     def sampling(self):
         from .engines.base import SamplingSettings

@@ -79,11 +79,11 @@ class EngineStats:
     seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
-    def add_call(self, generations: list[Generation], seconds: float, prompt_tokens: int | None = None) -> None:
-        """Count one engine call that produced `generations` (prompt tokens from them unless given)."""
+    def add_call(self, generations: list[Generation], seconds: float) -> None:
+        """Count one generation call that produced `generations`."""
         self.calls += 1
         self.sequences += len(generations)
-        self.prompt_tokens += sum(g.prompt_tokens for g in generations) if prompt_tokens is None else prompt_tokens
+        self.prompt_tokens += sum(g.prompt_tokens for g in generations)
         self.completion_tokens += sum(g.completion_tokens for g in generations)
         self.seconds += seconds
 

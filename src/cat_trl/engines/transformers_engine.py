@@ -241,26 +241,23 @@ class TransformersEngine(TokenizerBudget, Engine):
             members = [(i, sh) for sh, m in chunk for i in m]
             suffixes = [prompts[i][sh:] for i, sh in members]
             wide = max(len(x) for x in suffixes)
-            if sliding:
-                # Right-padded: a sliding-window mask counts cache slots, not positions, so no padding may sit
-                # between a prefix and its suffix; logits are read at each row's last real token.
-                ids = torch.tensor([x + [pad] * (wide - len(x)) for x in suffixes], device=device)
-                suffix_mask = torch.tensor([[1] * len(x) + [0] * (wide - len(x)) for x in suffixes], device=device)
-                positions = torch.tensor([[sh + j for j in range(wide)] for _, sh in members], device=device)
-                keep, last = 0, [len(x) - 1 for x in suffixes]
-            else:
-                # Left-padded (the padding sits between prefix and suffix, masked out, positions continuing the
-                # prefix's): every row's last real token is the last column, so only its logits are computed.
-                ids = torch.tensor([[pad] * (wide - len(x)) + x for x in suffixes], device=device)
-                suffix_mask = torch.tensor([[0] * (wide - len(x)) + [1] * len(x) for x in suffixes], device=device)
-                positions = torch.tensor([[sh + max(0, j - (wide - len(x))) for j in range(wide)]
-                                          for (_, sh), x in zip(members, suffixes)], device=device)
-                keep, last = 1, [-1] * len(suffixes)
+            # Suffixes are left-padded (padding between prefix and suffix, masked out, positions continuing the
+            # prefix's), so every row's last real token is the last column and only its logits are computed. A
+            # sliding-window mask counts cache slots, not positions, so windowed models pad on the right instead and
+            # keep all suffix logits.
+            leads = [0 if sliding else wide - len(x) for x in suffixes]
+            ids = torch.tensor([[pad] * lead + x + [pad] * (wide - len(x) - lead) for lead, x in zip(leads, suffixes)],
+                               device=device)
+            suffix_mask = torch.tensor([[0] * lead + [1] * len(x) + [0] * (wide - len(x) - lead)
+                                        for lead, x in zip(leads, suffixes)], device=device)
+            positions = torch.tensor([[sh + max(0, j - lead) for j in range(wide)]
+                                      for (_, sh), lead in zip(members, leads)], device=device)
+            keep = 0 if sliding else 1
             mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                            logits_to_keep=keep, **{cache_arg: cache}).logits
-            for row, (i, _) in enumerate(members):
-                record(i, logits[row, last[row]])
+            for row, ((i, _), x) in enumerate(zip(members, suffixes)):
+                record(i, logits[row, len(x) - 1 if sliding else -1])
 
     def _generation_config(self, sampling: SamplingSettings, eos: list[int]) -> GenerationConfig:
         greedy = sampling.temperature == 0
