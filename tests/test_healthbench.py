@@ -254,3 +254,29 @@ def test_holdout_from_training_file_and_thinking_stripped(tmp_path):
     assert {e["prompt_id"] for e in _examples(args)} == held & {r["prompt_id"] for r in _records()[:3]}
     assert _strip_thinking("<think>hmm\nlong</think>\nSee a doctor.") == "See a doctor."
     assert _strip_thinking("<think>never closed") == ""
+
+
+@pytest.mark.parametrize("junk", ["{" * 200_000, " " * 200_000 + "x", "```" + " " * 200_000, "[" * 200_000,
+                                  '{"criteria_met": ' * 50_000])
+def test_grader_output_parser_is_linear_on_hostile_output(junk):
+    import time
+
+    from cat_trl.evaluation.healthbench import parse_grader_output
+
+    start = time.perf_counter()
+    assert parse_grader_output(junk) is None
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("reply,met", [
+    ('```json\n{"criteria_met": true, "explanation": "ok"}\n```', True),  # simple-evals' own form
+    ('{"criteria_met": false}', False),
+    ('Here you go:\n```JSON\n{"criteria_met": true}\n```\nHope that helps.', True),  # lenient: prose + label
+    ('```\n{"criteria_met": false}\n```', False),
+    ('{"criteria_met": "yes"}', None),  # not a boolean: ask again
+])
+def test_grader_output_parser_accepts_simple_evals_replies_and_documented_wrappings(reply, met):
+    from cat_trl.evaluation.healthbench import parse_grader_output
+
+    parsed = parse_grader_output(reply)
+    assert (parsed or {}).get("criteria_met") == met

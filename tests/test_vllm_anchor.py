@@ -1,7 +1,9 @@
-"""The time-shared colocated vLLM anchor, orchestrated against an object with vLLM's surface that really generates
-with transformers (vLLM cannot be installed here). What is checked: which weights are loaded when, that the anchor's
-output is pi_0's even though the engine held the trained policy, the prefix-cache reset, the sleep/wake order, that
-TRL is told to re-sync the policy afterwards, log-probs through `prompt_logprobs`, and the length budget."""
+"""The time-shared colocated vLLM anchor's orchestration on paths vLLM's CPU build cannot run (sleep/wake order,
+tensor-parallel slicing, the GPU `load_weights` path), against an object with vLLM's surface that really generates with
+transformers. Real vLLM (CPU build) is exercised by tests/test_vllm_real.py (`make test-vllm`). What is checked here:
+which weights are loaded when, that the anchor's output is pi_0's even though the engine held the trained policy, the
+prefix-cache reset, the sleep/wake order, that TRL is told to re-sync the policy afterwards, log-probs through
+`prompt_logprobs`, and the length budget."""
 
 from __future__ import annotations
 

@@ -36,40 +36,49 @@ _BRACE_RE = re.compile(r"\\.|[{}]", re.DOTALL)
 _TOKEN_RE = re.compile(r"[^\s$]+")
 
 
+#: a brace-less `\boxed 5` argument: a number, a LaTeX command or a single letter. Anything else (`\boxed as
+#: requested`, `\boxed.`) is prose *about* boxing, not a box: it is skipped, never read as an answer.
+_BARE_ARG_RE = re.compile(r"[-+]?(?:\d|\\[A-Za-z]|[A-Za-z](?![A-Za-z]))")
+
+
+def last_box(text) -> tuple[str, str | None]:
+    """("ok", content) for the last `\\boxed{...}` / `\\fbox{...}` / `\\boxed 5`; ("malformed", None) when that last
+    box is unclosed or empty; ("none", None) when the text has no box at all. Mentions of `\\boxed` without an
+    argument (prose such as "I put it in \\boxed as requested") are not boxes and are skipped."""
+    if not isinstance(text, str):
+        return "none", None
+    for box in reversed(list(_BOX_RE.finditer(text))):
+        pos = box.end()
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos < len(text) and text[pos] == "{":
+            depth = 0
+            for m in _BRACE_RE.finditer(text, pos):
+                tok = m.group()
+                if tok == "{":
+                    depth += 1
+                elif tok == "}":
+                    depth -= 1
+                    if depth == 0:
+                        content = text[pos + 1 : m.start()].strip()
+                        return ("ok", content) if content else ("malformed", None)
+            return "malformed", None  # unclosed: cut off mid-answer
+        if (pos > box.end() or text[pos : pos + 1].isdigit()) and _BARE_ARG_RE.match(text, pos):  # `\boxed5`
+            token = _TOKEN_RE.match(text, pos)
+            return "ok", token.group().rstrip(".,;")
+    return "none", None
+
+
 def extract_boxed(text) -> str | None:
     """Content of the last `\\boxed{...}` / `\\fbox{...}` in `text`, or None.
 
     Braces are balanced (`\\boxed{\\frac{1}{2}}` gives `\\frac{1}{2}`); the brace-less `\\boxed 5` form yields the
     token up to the next whitespace or `$`. Only the last box counts: models restate and correct themselves, and the
     paper's reward reads the final answer. An unclosed or empty last box gives None rather than falling back to an
-    earlier one, which would reward an answer the model moved away from. Regex scans only, so cost is linear.
+    earlier one, which would reward an answer the model moved away from. A prose mention of `\\boxed` with no
+    argument is not a box (see `last_box`). Regex scans only, so cost is linear.
     """
-    if not isinstance(text, str):
-        return None
-    last = None
-    for last in _BOX_RE.finditer(text):
-        pass
-    if last is None:
-        return None
-    pos = last.end()
-    while pos < len(text) and text[pos].isspace():
-        pos += 1
-    if pos < len(text) and text[pos] == "{":
-        depth = 0
-        for m in _BRACE_RE.finditer(text, pos):
-            tok = m.group()
-            if tok == "{":
-                depth += 1
-            elif tok == "}":
-                depth -= 1
-                if depth == 0:
-                    content = text[pos + 1 : m.start()].strip()
-                    return content or None
-        return None  # unclosed
-    if pos == last.end() and pos < len(text) and not text[pos].isalnum():
-        return None  # `\boxed(`, `\boxed$`, ...: not a box argument
-    token = _TOKEN_RE.match(text, pos)
-    return token.group() if token else None
+    return last_box(text)[1]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -77,10 +86,15 @@ def extract_boxed(text) -> str | None:
 # --------------------------------------------------------------------------------------------------------------------
 
 _LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)(?![A-Za-z])")
-_SPACING_RE = re.compile(r"\\[!,;:]|\\ |\\(?:displaystyle|q?quad)(?![A-Za-z])")
+# `\\` (a row break) is consumed as a unit and kept, so its second backslash is never read as the start of `\ `.
+_SPACING_RE = re.compile(r"\\\\|\\[!,;:]|\\ |\\(?:displaystyle|q?quad)(?![A-Za-z])")
+_NEG_SPACE_RE = re.compile(r"(?<!\\)\\!")  # `\!` (negative thin space, `10,\!080`) separates nothing: dropped
+_THIN_THOUSANDS_RE = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")  # `10\,000`: a thin space used as thousands separator
 _FRAC_VARIANT_RE = re.compile(r"\\[dt]frac(?![A-Za-z])")
 _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|°")
-_TEXT_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{")
+_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
+_DIGIT_GAP_RE = re.compile(r"(?<=\d)\s+(?=\d)")
 _WHITESPACE_RE = re.compile(r"\s+")
 _ASSIGN_RE = re.compile(r"^[A-Za-z]=(?!=)")
 _LEADING_DOT_RE = re.compile(r"(?<![0-9A-Za-z}\)\]])\.(?=\d)")
@@ -95,31 +109,68 @@ def _braced(arg: str) -> str:
     return arg if arg.startswith("{") else "{" + arg + "}"
 
 
+def _unwrap_text(s: str) -> str:
+    """`\\text{...}` (and `\\textbf`, `\\mathrm`, ...) replaced by its content, nested ones too, in one pass with a
+    stack of open braces: linear in the input, whatever the nesting depth. Unbalanced braces are kept as they are."""
+    out: list[str] = []
+    stack: list[bool] = []  # per open brace: True when it opened a text wrapper (its `}` is dropped)
+    pos = 0
+    while pos < len(s):
+        wrapper = _TEXT_CMD_RE.match(s, pos) if s.startswith("\\", pos) else None
+        if wrapper is not None:
+            stack.append(True)
+            pos = wrapper.end()
+            continue
+        token = _BRACE_TOKEN_RE.match(s, pos)
+        if token is None:
+            out.append(s[pos])
+            pos += 1
+            continue
+        text = token.group()
+        if text == "{":
+            stack.append(False)
+        elif text == "}" and stack:
+            if stack.pop():
+                pos += 1
+                continue
+        out.append(text)
+        pos = token.end()
+    return "".join(out)
+
+
 def _strip_outer_braces(s: str) -> str:
-    while len(s) >= 2 and s[0] == "{" and s[-1] == "}":
-        depth = 0
-        for i, ch in enumerate(s):
-            depth += (ch == "{") - (ch == "}")
-            if depth == 0:
-                break
-        if i != len(s) - 1:  # `{1}{2}`: the first brace closes early
-            break
-        s = s[1:-1]
-    return s
+    """`{{x}}` -> `x`, `{1}{2}` unchanged: one pass matching braces, then peel matched outer pairs (linear)."""
+    if not (s.startswith("{") and s.endswith("}")):
+        return s
+    match: dict[int, int] = {}
+    opened: list[int] = []
+    for token in _BRACE_TOKEN_RE.finditer(s):
+        if token.group() == "{":
+            opened.append(token.start())
+        elif token.group() == "}" and opened:
+            match[opened.pop()] = token.start()
+    i, j = 0, len(s) - 1
+    while i < j and s[i] == "{" and match.get(i) == j:
+        i, j = i + 1, j - 1
+    return s[i : j + 1]
 
 
 @functools.lru_cache(maxsize=65536)
 def _normalize(s: str) -> str:
     s = s.strip()
     s = _LEFT_RIGHT_RE.sub("", s)
-    s = _SPACING_RE.sub("", s)
+    s = _THIN_THOUSANDS_RE.sub("", s)
+    s = _NEG_SPACE_RE.sub("", s)
+    # Spacing commands become a space (not nothing): `3 \quad 4` must not turn into `34`.
+    s = _SPACING_RE.sub(lambda m: m.group() if m.group() == "\\\\" else " ", s)
     s = _FRAC_VARIANT_RE.sub(r"\\frac", s)
     s = _DEGREE_RE.sub("", s)
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
-    prev = None
-    while prev != s:  # innermost-first, so nested wrappers unwrap too
-        prev, s = s, _TEXT_RE.sub(r"\1", s)
-    s = _WHITESPACE_RE.sub("", s)
+    s = _unwrap_text(s)
+    # A comma followed by a space separates items (`1, 234` is a pair), so only unspaced groups are thousands.
+    spaced_comma = bool(re.search(r",\s", s))
+    s = _DIGIT_GAP_RE.sub(" ", s)  # two numbers side by side stay apart ...
+    s = _WHITESPACE_RE.sub(lambda m: " " if m.group() == " " and _between_digits(m, s) else "", s)  # ... nothing else
     s = s.rstrip(".")
     if _ASSIGN_RE.match(s) and s.count("=") == 1:
         s = s[2:]
@@ -128,19 +179,28 @@ def _normalize(s: str) -> str:
     s = _FRAC_RE.sub(lambda m: "\\frac" + _braced(m.group(1)) + _braced(m.group(2)), s)
     s = _SQRT_RE.sub(r"\\sqrt{\1}", s)
     s = _LATEX_THOUSANDS_RE.sub(",", s)
-    if _THOUSANDS_RE.fullmatch(s):
+    if not spaced_comma and _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
     return s
+
+
+def _between_digits(m: re.Match, s: str) -> bool:
+    return 0 < m.start() and m.end() < len(s) and s[m.start() - 1].isdigit() and s[m.end()].isdigit()
 
 
 def normalize_answer(answer: str) -> str:
     """Conservative Hendrycks-MATH-style (`strip_string`) normalisation: the paper's `string` match mode.
 
-    Removes presentation only (spacing, `\\left`/`\\right`, `\\dfrac`, `^\\circ`, `$`, `%`, `\\text{}`, a leading
-    single-letter `x =`, thousands separators, outer braces) and canonicalises `.5`, `\\frac12`, `\\sqrt2`. Unlike
-    `strip_string` it never rewrites values (`0.5` stays `0.5`, `1/2` stays `1/2`): value-level equivalence is the
-    job of the `equivalent` mode, and keeping this mode conservative keeps it free of false positives. Deterministic,
-    cached, and never raises (non-strings give "", an internal error gives the stripped input).
+    Exactly what it does, in order (this is more than the paper's plain string match, and README lists it too):
+    drops `\\left`/`\\right`; removes `\\,` used as a thousands separator (`10\\,000`); turns spacing commands
+    (`\\,` `\\;` `\\:` `\\ ` `\\quad` `\\qquad` `\\displaystyle`) into a space and drops `\\!`; `\\dfrac`/`\\tfrac` ->
+    `\\frac`; drops degree marks, `$`, `\\$`, `%`, `\\%`; unwraps `\\text{}`-like wrappers; removes whitespace
+    except one space between two digits (`3 \\quad 4` stays two numbers); drops trailing dots, a leading
+    single-letter `x =`, and matched outer braces; `.5` -> `0.5`; `\\frac12` -> `\\frac{1}{2}`; `\\sqrt2` ->
+    `\\sqrt{2}`; `1{,}000` / `1,000` -> `1000` only when no comma in the answer is followed by a space (`1, 234` is
+    a pair). It never rewrites values (`0.5` stays `0.5`, `1/2` stays `1/2`) and keeps `\\\\` row breaks:
+    value-level equivalence is the job of the `equivalent` mode. Linear time on any input (no nested rescans),
+    deterministic, cached, and never raises (non-strings give "", an internal error gives the stripped input).
     """
     if not isinstance(answer, str):
         return ""
@@ -156,6 +216,37 @@ def normalize_answer(answer: str) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 _PLAIN_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+_FRAC_NUMBER_RE = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}|(-?\d+)/(\d+)")
+#: a trailing base subscript (`1010_2`, `7_{8}`): math-verify drops it, so `10_2` would "equal" `10`
+_BASE_RE = re.compile(r"_\{?\s*(\d+|[A-Za-z]+)\s*\}?\s*$")
+
+
+def _exact_rational(key: str):
+    """The exact value of a normalised key that is a rational literal -- a decimal (`-3.5`), `\\frac{a}{b}` or `a/b`
+    with integer parts -- else None. Two rational literals are decided exactly, never by math-verify, whose 6-decimal
+    rounding accepts `0.333333` for `\\frac{1}{3}`."""
+    from fractions import Fraction
+
+    value = _plain_number(key)
+    if value is not None or len(key) > 100:
+        return value
+    m = _FRAC_NUMBER_RE.fullmatch(key)
+    if m is None:
+        return None
+    try:
+        if m.group(2) is not None:
+            value = Fraction(int(m.group(2)), int(m.group(3)))
+            return -value if m.group(1) else value
+        return Fraction(int(m.group(4)), int(m.group(5)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _base(answer: str) -> str | None:
+    m = _BASE_RE.search(answer.replace("$", ""))
+    return None if m is None else m.group(1)
 
 
 def _plain_number(key: str):
@@ -484,15 +575,22 @@ class AnswerMatcher:
         if self.mode == "string":
             self.stats["rejected"] += 1
             return False
-        # Two plain numbers (no `%`, which normalisation strips but which changes the value): equal values are
-        # equivalent, and two different integers are not -- exact arithmetic, no parser, the common case. Unequal
-        # decimals still go to math-verify (its rounding decides those).
-        x, y = _plain_number(ka), _plain_number(kb)
+        # A number in another base is a different answer from the same digits in base 10 (math-verify drops `_2`);
+        # two numbers side by side (a key keeps one space between them) are not one number, which math-verify's
+        # parser would make of them (`\text{1 2}` = 12): string keys decide both.
+        if _base(a) != _base(b) or " " in ka or " " in kb:
+            self.stats["rejected"] += 1
+            return False
+        # Two rational literals (no `%`, which normalisation strips but which changes the value) are decided by exact
+        # arithmetic: no parser, the common case, and no 6-decimal rounding (`0.333333` is not `\frac{1}{3}`).
+        x, y = _exact_rational(ka), _exact_rational(kb)
         if self.numeric_fast_path and x is not None and y is not None and "%" not in a and "%" not in b:
-            if x == y or (x.denominator == 1 and y.denominator == 1 and "." not in ka + kb):
-                self.stats["numeric"] += 1
-                return x == y
-        pair = (ka, kb) if ka < kb else (kb, ka)
+            self.stats["numeric"] += 1
+            return x == y
+        # Cached by what math-verify reads (the raw answers), never by the normalised keys: `50\%` vs `0.5` is
+        # verified, and that verdict must not reach `50` vs `0.5`, which share those keys.
+        ra, rb = a.strip(), b.strip()
+        pair = (ra, rb) if ra < rb else (rb, ra)
         cached = self._cache.get(pair)
         if cached is not None:
             self.stats["cache_hit"] += 1

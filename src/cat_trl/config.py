@@ -7,6 +7,7 @@ dataclasses in one flat namespace, so a prefix avoids clashes with TRL's own fie
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -16,6 +17,7 @@ from .estimators.prompts import MATH_SYNTHESIS_PROMPT, validate_template
 from .extraction import EXTRACTIONS
 from .rubrics.judge import JUDGE_MODES
 from .rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT, validate_placeholders
+from .trl_compat import check_vllm_llm_kwargs
 
 ANCHOR_ENGINES = ("auto", "vllm", "transformers", "openai")
 REWARDS = ("math", "rubric", "judge_equivalence", "physician_rubric")
@@ -67,6 +69,12 @@ class CaTGRPOConfig(GRPOConfig):
         default="cpu",
         metadata={"help": "vLLM anchor with cat_anchor_weights=copy: keep the initial checkpoint's tensors in "
         "(pinned) CPU memory (`cpu`) or stream them from its safetensors files on every anchor call (`disk`)."},
+    )
+    cat_vllm_llm_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Extra keyword arguments for the colocated `vllm.LLM` that TRL builds (TRL 1.16 exposes no "
+        "passthrough; mirrors trl#6816's `vllm_llm_kwargs`), e.g. {enforce_eager: true} to skip vLLM's torch.compile "
+        "warm-up (minutes on CPU). Keys TRL must own (model, seed, tensor_parallel_size, ...) are refused."},
     )
     cat_anchor_base_url: str | None = field(
         default=None, metadata={"help": "Anchor server URL for cat_anchor_engine=openai (e.g. http://host:8000/v1)."}
@@ -209,6 +217,12 @@ class CaTGRPOConfig(GRPOConfig):
                 "colocate. With vllm_mode: server, serve pi_0 separately (`vllm serve <initial model>`) and use "
                 "cat_anchor_engine: openai."
             )
+        if isinstance(self.cat_vllm_llm_kwargs, str):  # from the command line, as JSON (like model_init_kwargs)
+            self.cat_vllm_llm_kwargs = json.loads(self.cat_vllm_llm_kwargs)
+        check_vllm_llm_kwargs(self.cat_vllm_llm_kwargs)
+        if self.cat_vllm_llm_kwargs and not (getattr(self, "use_vllm", False) and self.vllm_mode == "colocate"):
+            raise ValueError("cat_vllm_llm_kwargs configures TRL's colocated vLLM engine: it needs use_vllm: true "
+                             "and vllm_mode: colocate.")
         _choice("cat_anchor_weights", self.cat_anchor_weights, ANCHOR_WEIGHTS)
         _choice("cat_match", self.cat_match, MATCH_MODES)
         _choice("cat_answer_extraction", self.cat_answer_extraction, EXTRACTIONS)

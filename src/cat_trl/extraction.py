@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from .answers import extract_boxed
+from .answers import extract_boxed, last_box
 
 EXTRACTIONS = ("boxed", "boxed_or_final")
 
@@ -28,6 +28,7 @@ def extract_final_phrase(text) -> str | None:
         return None
     line = text[matches[-1].end() :].split("\n", 1)[0]
     line = line.replace("$", "").strip()
+    line = _strip_delimiters(line)
     # Strip trailing dots and "I hope it is correct." repeatedly (a loop, not a regex: linear on any input).
     while True:
         stripped = line.rstrip(". \t")
@@ -36,16 +37,28 @@ def extract_final_phrase(text) -> str | None:
         if stripped == line:
             break
         line = stripped
-    return line.strip() or None
+    return _strip_delimiters(line.strip()) or None
+
+
+#: Markdown emphasis and inline-math delimiters around a whole final answer (`**7**`, `\( 7 \)`, `\[7\]`)
+_DELIMITERS = (("**", "**"), ("__", "__"), ("*", "*"), ("_", "_"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def _strip_delimiters(text: str) -> str:
+    changed = True
+    while changed and text:
+        changed = False
+        for left, right in _DELIMITERS:
+            if len(text) > len(left) + len(right) and text.startswith(left) and text.endswith(right):
+                text, changed = text[len(left) : len(text) - len(right)].strip(), True
+    return text
 
 
 def extract_boxed_or_final(text) -> str | None:
     """The boxed answer; the "final answer is" phrase only when the text has no box at all (an empty or unclosed
     box is a malformed answer, not an invitation to read the phrase around it)."""
-    boxed = extract_boxed(text)
-    if boxed is not None or not isinstance(text, str) or "\\boxed" in text or "\\fbox" in text:
-        return boxed
-    return extract_final_phrase(text)
+    status, boxed = last_box(text)
+    return boxed if status != "none" else extract_final_phrase(text)
 
 
 def get_extractor(name: str) -> Callable[[str], str | None]:

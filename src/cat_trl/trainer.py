@@ -36,6 +36,7 @@ from .extraction import get_extractor
 from .grouping import estimate_all, gather_all, gather_groups, local_references
 from .metrics import aggregate, analyse_group
 from .rewards.verifiable import CaTMathReward
+from .trl_compat import extra_vllm_llm_kwargs, install_weight_sync
 
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,11 @@ class CaTGRPOTrainer(GRPOTrainer):
             and args.cat_anchor_weights in ("auto", "peft_base")
         ):
             freeze_initial_adapter(model)  # a pre-trained adapter is part of pi_0 (TRL copies it only if beta > 0)
-        super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        with extra_vllm_llm_kwargs(args.cat_vllm_llm_kwargs if args.use_vllm else None):
+            super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        # Counted policy syncs (the vLLM anchor's residency check) and, on vLLM's CPU build, a reload-based sync: TRL's
+        # `load_weights` sync cannot update CPU-packed weights (see trl_compat).
+        install_weight_sync(getattr(self, "vllm_generation", None))
         self.cat_matcher = AnswerMatcher(args.cat_match, args.cat_match_timeout)
         self.cat_extract = get_extractor(args.cat_answer_extraction)
         self.cat_anchor_source = "n/a"
@@ -191,6 +196,9 @@ class CaTGRPOTrainer(GRPOTrainer):
         verifiable = not self.args.open_ended and getattr(self.cat_estimator, "extract_answer", True) is not None
         metrics = aggregate(diags, batch.num_generations, verifiable=verifiable)
         metrics["anchor_seconds"] = anchor_seconds
+        formats = [r.diagnostics["format_failure"] for r in references if "format_failure" in r.diagnostics]
+        if formats:  # syntheses without the `# UNIFIED RESPONSE` heading: their whole output is the reference
+            metrics["reference_format_failure"] = sum(formats) / len(formats)
         if self.args.cat_reward == "rubric":
             failed = [bool(r.diagnostics.get("rubric_failed")) for r in references]
             metrics["rubric_failure"] = sum(failed) / max(len(failed), 1)

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..trl_compat import load_weights_into_vllm, mark_policy_stale, policy_syncs, vllm_max_model_len
 from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget
 
 logger = logging.getLogger(__name__)
@@ -141,14 +142,18 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
         self.weights = weights
         self.tokenizer = tokenizer
         self.mark_policy_stale = mark_policy_stale
+        #: `vllm_generation.policy_syncs` when pi_0 was last loaded (None: not resident). While TRL has not pushed the
+        #: policy back since, pi_0 is still in the engine and consecutive anchor calls of one reward step (synthesis,
+        #: rubric proposal, an anchor judge) skip the reload. Never with sleep mode (weights discarded after a call).
+        self._pi0_loaded_at: int | None = None
+        self.skipped_loads = 0
         self.name = name
         self.device = device
         if sampling_params_cls is None:
             from vllm import SamplingParams as sampling_params_cls  # noqa: N813
         self.sampling_params_cls = sampling_params_cls
         if max_model_len is None:
-            max_model_len = getattr(getattr(getattr(self.vg.llm, "llm_engine", None), "model_config", None),
-                                    "max_model_len", None)
+            max_model_len = vllm_max_model_len(self.vg.llm)
         self._max_context = max_model_len
         self.weight_loads = 0
 
@@ -166,19 +171,25 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
 
     def _load_anchor(self) -> None:
         """pi_0's weights into the engine (after waking its weights in sleep mode), then a clean prefix cache: cached
-        KV blocks of the policy's prompts must not be reused under other weights."""
+        KV blocks of the policy's prompts must not be reused under other weights. Skipped while pi_0 is still
+        resident (see `_pi0_loaded_at`)."""
+        syncs = policy_syncs(self.vg)
+        if self._pi0_loaded_at is not None and syncs == self._pi0_loaded_at and not self.vg.enable_sleep_mode:
+            self.skipped_loads += 1
+            return
+        self._pi0_loaded_at = None
         if self.vg.enable_sleep_mode:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self.llm.wake_up(tags=["weights"])
             self.vg._llm_weights_sleeping = False
-        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        for name, tensor in self.weights():
-            if self.device is not None and tensor.device != torch.device(self.device):
-                tensor = tensor.to(self.device, non_blocking=True)
-            model.load_weights([(name, tensor)])
+        device = None if self.device is None else torch.device(self.device)
+        tensors = ((name, t if device is None or t.device == device else t.to(device, non_blocking=True))
+                   for name, t in self.weights())
+        load_weights_into_vllm(self.llm, tensors)  # load_weights on GPU, reload_weights on CPU (trl_compat)
         self.llm.reset_prefix_cache()
         self.weight_loads += 1
+        self._pi0_loaded_at = syncs
 
     def _sampling_params(self, sampling: SamplingSettings, **extra):
         kwargs = dict(
@@ -309,11 +320,8 @@ def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str
             raise ValueError("cat_anchor_weights=copy with the vLLM anchor needs the initial checkpoint's path")
         weights = checkpoint_weights(checkpoint, offload, trainer.accelerator.device)
 
-    def mark_policy_stale():
-        trainer._last_loaded_step = -1  # TRL re-syncs when global_step != _last_loaded_step
-
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-    engine = VLLMAnchorEngine(vg, weights, tokenizer, mark_policy_stale=mark_policy_stale,
+    engine = VLLMAnchorEngine(vg, weights, tokenizer, mark_policy_stale=lambda: mark_policy_stale(trainer),
                               name=f"vllm-colocate:{source}", device=trainer.accelerator.device)
     logger.info("CaT anchor: time-shared colocated vLLM engine (weights from %s), max_model_len=%s", source,
                 engine.max_context_tokens)

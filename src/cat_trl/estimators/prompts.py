@@ -58,6 +58,8 @@ def build_synthesis_prompt(
 
 
 def unified_section(output: str) -> str:
-    """The part after the last `# UNIFIED RESPONSE` heading (the reference); the whole output if there is none."""
+    """The part after the last `# UNIFIED RESPONSE` heading (the reference). Fallback when the anchor wrote no such
+    heading: the whole output is the reference (its final answer is still extracted from it). The trainer counts
+    these as `cat/reference_format_failure` so the fallback is visible, never silent."""
     head = output.rfind(UNIFIED_HEADER)
     return output if head < 0 else output[head + len(UNIFIED_HEADER) :].lstrip(" :\n")

@@ -9,7 +9,13 @@ from typing import Any
 from ..answers import extract_boxed
 from ..engines.base import Engine, SamplingSettings
 from .base import Group, Reference, ReferenceEstimator
-from .prompts import MATH_SYNTHESIS_PROMPT, build_synthesis_prompt, unified_section, validate_template
+from .prompts import (
+    MATH_SYNTHESIS_PROMPT,
+    UNIFIED_HEADER,
+    build_synthesis_prompt,
+    unified_section,
+    validate_template,
+)
 
 # Slack for tokenizer merges at the seams between the frame and the inserted rollouts.
 _TEMPLATE_SLACK = 8
@@ -140,6 +146,9 @@ class SynthesisEstimator(ReferenceEstimator):
                     diagnostics={
                         "truncated": n_truncated,
                         "parse_failed": self.extract_answer is not None and answer is None,
+                        # no `# UNIFIED RESPONSE` heading although the prompt asks for one: the whole output was used
+                        # as the reference (counted as cat/reference_format_failure)
+                        "format_failure": UNIFIED_HEADER in self.template and UNIFIED_HEADER not in (out.text or ""),
                         "anchor_prompt": prompt,
                         "anchor_output": out.text,
                         "anchor_prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),

@@ -124,23 +124,37 @@ def aggregate(per_example: list[dict[str, float]], bootstrap_samples: int = 1000
     }
 
 
-_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
-_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+def _strip_fence(text: str) -> str:
+    """simple-evals' `re.sub(r"^```json\\s*|\\s*```$", "", text)` without the regex (linear on any input; the
+    `\\s*```$` alternative rescans whitespace runs from every position), and also for a bare ```` ``` ```` fence."""
+    if text.startswith("```"):
+        text = text[3:]
+        if text.startswith("json"):
+            text = text[4:]
+        text = text.lstrip()
+    if text.endswith("```"):
+        text = text[:-3].rstrip()
+    return text
 
 
 def parse_grader_output(text: str | None) -> dict[str, Any] | None:
-    """The grader's JSON object if it has a boolean `criteria_met`, else None (=> ask again)."""
+    """The grader's JSON object if it has a boolean `criteria_met`, else None (=> ask again).
+
+    More lenient than simple-evals, which only strips a leading ```` ```json ```` and a trailing ```` ``` ```` before
+    `json.loads`: here a bare ```` ``` ```` fence is stripped too, and when that text is not JSON, the span from the
+    first `{` to the last `}` is tried -- so prose around the object (or around a fence) and other fence labels
+    (```` ```JSON ````) are accepted. A reply that simple-evals would accept is always accepted with the same
+    verdict. Linear time: no backtracking regex (`{` repeated 100,000 times parses in milliseconds)."""
     if not isinstance(text, str):
         return None
-    cleaned = _FENCE.sub("", text.strip())
-    candidates = [cleaned]
-    match = _OBJECT.search(text)
-    if match:
-        candidates.append(match.group(0))
+    candidates = [_strip_fence(text.strip())]
+    first, last = text.find("{"), text.rfind("}")
+    if 0 <= first < last:
+        candidates.append(text[first : last + 1])
     for candidate in candidates:
         try:
             data = json.loads(candidate)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if isinstance(data, dict) and isinstance(data.get("criteria_met"), bool):
             return data

