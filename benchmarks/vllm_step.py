@@ -1,6 +1,6 @@
 """CaT-RL with vLLM, measured as ratios within one run (run it in the vLLM environment: `make bench-vllm`).
 
-    python benchmarks/vllm_step.py                       # G=8, 4 prompts per step, 2 x 2 interleaved processes
+    python benchmarks/vllm_step.py                       # G=8, 4 prompts per step, 48 tokens, 2 x 2 processes
     python benchmarks/vllm_step.py --reps 3 --steps 6 --output benchmarks/results-vllm-cpu.json
 
 Both arms use TRL's colocated vLLM engine for rollouts (`use_vllm: true, vllm_mode: colocate`), the same model,
@@ -38,35 +38,19 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def oracle_reward(completions, gold_answer, **kwargs):
-    """Plain GRPO's reward: 1 if the boxed answer equals the gold label."""
-    from cat_trl.answers import extract_boxed
-
-    return [1.0 if extract_boxed(c[0]["content"] if isinstance(c, list) else c) == str(g) else 0.0
-            for c, g in zip(completions, gold_answer)]
-
-
 def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -> None:
     """One process, one engine: `steps` training steps of one arm; writes timings to `out` (JSON)."""
     import torch
-    from transformers import TrainerCallback
     from trl import GRPOTrainer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from run import _StepTimer as StepTimer  # benchmarks/run.py: the same per-step wall clock
 
     from cat_trl.config import CaTGRPOConfig
     from cat_trl.data import load_synthetic_math
     from cat_trl.models import resolve_model_path
     from cat_trl.trainer import CaTGRPOTrainer
     from cat_trl.trl_compat import install_weight_sync
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self._t = [], None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self._t)
 
     model = resolve_model_path("smollm2-135m-instruct")
     args = CaTGRPOConfig(
@@ -83,6 +67,8 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -
                                instruction="Put your final answer within \\boxed{}.")
     timer = StepTimer()
     if arm == "plain":
+        from run import oracle_reward  # plain GRPO's label reward, as in benchmarks/run.py
+
         trainer = GRPOTrainer(model=model, reward_funcs=[oracle_reward], args=args, train_dataset=data,
                               callbacks=[timer])
         install_weight_sync(trainer.vllm_generation)  # TRL's colocate sync on vLLM-CPU (see trl_compat)
@@ -145,7 +131,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--g", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--length", type=int, default=48)
     parser.add_argument("--steps", type=int, default=5, help="steps per process (the first is dropped)")
     parser.add_argument("--reps", type=int, default=2, help="processes per arm, interleaved")
     parser.add_argument("--output", default=None)

@@ -58,12 +58,42 @@ def math500_path() -> Path:
     return MATH500_PATH
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_health(proc, port: int, log_path: str, what: str, timeout: float) -> None:
+    """Polls http://127.0.0.1:port/health until 200; fails the test (with the log's tail) if the server process exits
+    or does not come up in `timeout` seconds."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{open(log_path).read()[-4000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{what} did not come up in {timeout:.0f} s:\n{open(log_path).read()[-4000:]}")
+
+
+def stop(proc) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @pytest.fixture(scope="session")
@@ -74,39 +104,20 @@ def served_model(embedded_model_path: str):
     import shutil
     import subprocess
     import sys
-    import time
-
-    import httpx
 
     exe = shutil.which("transformers", path=os.path.dirname(sys.executable)) or shutil.which("transformers")
     if exe is None:
         pytest.fail("`transformers serve` is not installed (pip install 'transformers[serving]', part of .[dev])")
-    port = _free_port()
+    port = free_port()
     log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"cat-trl-serve-{port}.log"), "w")
     proc = subprocess.Popen(
         [exe, "serve", embedded_model_path, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
          "--dtype", "float32", "--default-seed", "0"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited with {proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"transformers serve did not come up in 180 s; see {log.name}")
-        yield base_url, embedded_model_path
+        wait_for_health(proc, port, log.name, "transformers serve", 180)
+        yield f"http://127.0.0.1:{port}/v1", embedded_model_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()

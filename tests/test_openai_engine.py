@@ -217,3 +217,45 @@ def test_persistent_rate_limit_says_so(scripted):
     engine = OpenAIEngine(url, "m", max_retries=1, backoff=0.0)
     with pytest.raises(EngineUnavailableError, match="rate-limited"):
         engine.generate([_chat("x")], GREEDY)
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Sends headers and then one byte of a never-ending body every 0.1 s (bounded: it stops after 30 s)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        deadline = time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline and not self.server.stop.is_set():
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:  # the client gave up
+            pass
+
+
+def test_a_server_trickling_bytes_cannot_hold_a_call_past_its_deadline():
+    """httpx's timeout bounds each wait for bytes; the engine bounds the whole attempt (timeout + one read gap)."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    srv.stop = threading.Event()
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        engine = OpenAIEngine(f"http://127.0.0.1:{srv.server_address[1]}/v1", "m", timeout=1.0, max_retries=1,
+                              backoff=0.0, cache=False)
+        start = time.perf_counter()
+        with pytest.raises(EngineUnavailableError, match="within 1.0 s"):
+            engine.generate([_chat("x")], GREEDY)
+        elapsed = time.perf_counter() - start
+        assert elapsed < 5, elapsed  # 2 attempts x ~1.1 s; without the deadline: 30 s (the server's own bound)
+        assert engine.stats.extra["http_requests"] == 2
+    finally:
+        srv.stop.set()
+        srv.shutdown()

@@ -165,7 +165,6 @@ def test_module_level_instances_and_trl_naming():
     "kwargs, match",
     [
         ({"num_generations": 1, "estimator": "majority"}, "num_generations"),
-        ({"num_generations": None, "estimator": "majority"}, "num_generations"),
         ({"num_generations": 4.0, "estimator": "majority"}, "num_generations"),
         ({"num_generations": 4, "estimator": "vote"}, "estimator"),
         ({"num_generations": 4, "estimator": "synthesis"}, "anchor"),
@@ -182,8 +181,7 @@ def test_constructor_accepts_valid_settings():
     CaTSynthesisMathReward(2, engine=ScriptedEngine(lambda p: ""))
 
 
-_ENV = ("CAT_NUM_GENERATIONS", "CAT_ANCHOR_MODEL", "CAT_ESTIMATOR", "CAT_MATCH", "CAT_ANCHOR_MAX_NEW_TOKENS",
-        "CAT_ANCHOR_TEMPERATURE")
+_ENV = (*CaTSynthesisMathReward.ENV, "CAT_MATCH", "CAT_ANSWER_EXTRACTION")
 
 
 @pytest.fixture
@@ -193,10 +191,20 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def test_from_env_without_num_generations_fails_clearly_when_called(clean_env):
+def test_from_env_without_num_generations_outside_a_trainer_fails_clearly_when_called(clean_env):
+    clean_env.setenv("CAT_ESTIMATOR", "majority")
     reward = CaTSynthesisMathReward(from_env=True)  # constructing is fine (module import must not fail)
     with pytest.raises(ValueError, match="CAT_NUM_GENERATIONS"):
         reward(["p", "p"], ["\\boxed{1}", "\\boxed{1}"])
+
+
+def test_from_env_errors_name_the_environment_variables(clean_env):
+    with pytest.raises(ValueError, match="CAT_ANCHOR_MODEL") as err:
+        CaTSynthesisMathReward(from_env=True)(["p"] * 2, ["x"] * 2)
+    assert "engine=" not in str(err.value) and "anchor_model=" not in str(err.value)
+    clean_env.setenv("CAT_NUM_GENERATIONS", "two")
+    with pytest.raises(ValueError, match="CAT_NUM_GENERATIONS='two'"):
+        CaTSynthesisMathReward(from_env=True)(["p"] * 2, ["x"] * 2)
 
 
 def test_from_env_builds_from_environment(clean_env):
@@ -209,7 +217,7 @@ def test_from_env_builds_from_environment(clean_env):
     out = reward(["p", "p", "q", "q"], ["\\boxed{0.5}", "\\boxed{\\frac12}", "\\boxed{3}", "\\boxed{4}"])
     assert reward.num_generations == 2 and reward.estimator_name == "majority"
     assert reward.reward.matcher.mode == "equivalent"
-    assert reward.sampling.max_new_tokens == 77 and reward.sampling.temperature == 0.3
+    assert reward._sampling(None).max_new_tokens == 77 and reward._sampling(None).temperature == 0.3
     assert isinstance(reward._estimator, MajorityEstimator)
     assert out == [1.0, 1.0, 1.0, 0.0]  # equivalent majority of group 1 covers both; group 2 tie -> "3"
 
@@ -331,3 +339,62 @@ def test_final_phrase_extraction_is_linear_on_long_dot_runs():
     assert extract_final_phrase("The final answer is: $12$. I hope it is correct.") == "12"
     assert extract_final_phrase("The final answer is 3.5. I hope it is correct. ...") == "3.5"
     assert extract_final_phrase("The final answer is ...") is None
+
+
+class _Trainer:
+    """What a reward sees of a TRL trainer: `log_metric` is its bound method (TRL 1.16)."""
+
+    def __init__(self, g, **sampling):
+        self.num_generations, self.num_generations_eval = g, None
+        self.args = type("Args", (), {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "min_p": 0.05,
+                                      "repetition_penalty": 1.1, **sampling})()
+        self.metrics = []
+
+    def _log_metric(self, name, value):
+        self.metrics.append((name, value))
+
+
+def test_g_comes_from_the_trainer_and_a_given_g_must_agree():
+    trainer = _Trainer(2)
+    reward = CaTSynthesisMathReward(estimator="majority")  # no G: read from the trainer
+    assert reward(["p", "p", "q", "q"], ["\\boxed{1}", "\\boxed{1}", "\\boxed{2}", "\\boxed{3}"],
+                  log_metric=trainer._log_metric) == [1.0, 1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="num_generations=4 but the trainer uses num_generations=2"):
+        CaTSynthesisMathReward(4, estimator="majority")(["p"] * 4, ["x"] * 4, log_metric=trainer._log_metric)
+
+
+class SamplingRecorder(ScriptedEngine):
+    def generate(self, conversations, sampling, chat_template_kwargs=None):
+        self.sampling_seen = sampling
+        return super().generate(conversations, sampling, chat_template_kwargs)
+
+
+def test_anchor_samples_like_the_trainer_unless_set():
+    engine = SamplingRecorder(lambda p: "\\boxed{1}")
+    follows = CaTSynthesisMathReward(engine=engine)
+    follows(["p", "p"], ["\\boxed{1}", "\\boxed{2}"], log_metric=_Trainer(2)._log_metric)
+    s = engine.sampling_seen
+    assert (s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty) == (0.7, 0.9, 50, 0.05, 1.1)
+    own = CaTSynthesisMathReward(engine=engine, anchor_temperature=0.0, anchor_top_p=0.5, anchor_top_k=3,
+                                 anchor_min_p=0.0, anchor_seed=7, anchor_max_new_tokens=9)
+    own(["p", "p"], ["\\boxed{1}", "\\boxed{2}"], log_metric=_Trainer(2)._log_metric)
+    s = engine.sampling_seen
+    assert (s.temperature, s.top_p, s.top_k, s.min_p, s.seed, s.max_new_tokens) == (0.0, 0.5, 3, 0.0, 7, 9)
+
+
+@pytest.mark.parametrize("bad", [{"anchor_temperature": -1.0}, {"anchor_top_p": 0.0}, {"anchor_top_k": -2},
+                                 {"anchor_max_new_tokens": 0}, {"anchor_min_p": 2.0}])
+def test_anchor_settings_out_of_range_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        CaTSynthesisMathReward(2, anchor_model="/pi0", **bad)
+
+
+def test_copies_keep_an_engine_anchor():
+    import copy
+
+    engine = ScriptedEngine(lambda p: "\\boxed{1}")
+    reward = CaTSynthesisMathReward(2, engine=engine)
+    for clone in (copy.copy(reward), copy.deepcopy(reward)):
+        assert clone.engine is engine
+        assert clone(["p", "p"], ["\\boxed{1}", "\\boxed{2}"]) == [1.0, 0.0]
+    assert copy.deepcopy(reward).reward is not reward.reward

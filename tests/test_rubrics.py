@@ -263,3 +263,58 @@ def test_logprob_judge_without_yes_or_no_mass_is_unparsed(embedded_engine):
     judge = Judge(embedded_engine, "logprob", template="{response}{criterion}", min_mass=0.99)
     (verdict,) = judge.judge([JudgeItem(None, "Write a long poem about the sea.", "")])
     assert not verdict.parsed and not verdict.met and verdict.score == 0.0
+
+
+@pytest.mark.parametrize("junk", [
+    "<rubric>" * 50_000,                     # repeated unclosed roots: the old regex rescanned to the end each time
+    "<rubric " * 50_000,
+    "<rubric>" + "<criterion>x" * 20_000,
+    "- " + " " * 200_000 + "x",              # a list line of whitespace: the old list regex was quadratic
+    "1. " + "a " * 100_000,
+    "<criterion>" * 50_000,
+])
+def test_rubric_parser_is_linear_on_hostile_output(junk):
+    import time
+
+    from cat_trl.rubrics.parse import parse_rubric
+
+    start = time.perf_counter()
+    parse_rubric(junk, 5, 12, allow_list=True)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("text", ["<rubric><criterion>\ud800 lone surrogate</criterion></rubric>",
+                                  "\udcff" * 10, "<rubric>\x00<criterion>a&b</criterion></rubric>"])
+def test_malformed_rubric_output_never_raises(text):
+    from cat_trl.engines import Generation
+    from cat_trl.estimators import Reference
+    from cat_trl.rubrics import RubricProposer
+    from cat_trl.rubrics.parse import parse_rubric
+
+    parse_rubric(text, 1, 12, allow_list=True)
+
+    class Echo:
+        collective = False
+
+        def generate(self, conversations, sampling, chat_template_kwargs=None):
+            return [Generation(text) for _ in conversations]
+
+    from cat_trl.engines import SamplingSettings
+    from cat_trl.estimators import Group
+
+    refs = [Reference(text="a reference")]
+    RubricProposer(Echo(), SamplingSettings(max_new_tokens=8), min_criteria=1).propose(refs, [Group("q", ["a", "b"])])
+    assert refs[0].diagnostics["rubric_failed"] in (True, False)  # decided, not raised
+
+
+def test_rubric_block_search_matches_the_regex_it_replaced():
+    import re
+
+    from cat_trl.rubrics.parse import _rubric_block
+
+    regex = re.compile(r"<rubric\b[^>]*>.*?</rubric>", re.DOTALL | re.IGNORECASE)
+    for text in ["x <rubric><criterion>a</criterion></rubric> y", "<RUBRIC id='1'>a</Rubric>", "<rubrics>a</rubric>",
+                 "<rubrics><rubric>b</rubric>", "<rubric>open", "no rubric", "<rubric a>x</rubric><rubric>y</rubric>",
+                 "<rubric", "<rubric></rubric>"]:
+        found = regex.search(text)
+        assert _rubric_block(text) == (found.group(0) if found else None), text

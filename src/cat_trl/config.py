@@ -191,7 +191,31 @@ class CaTGRPOConfig(GRPOConfig):
         "<output_dir>/cat_groups.jsonl and, with W&B, a `cat/groups` table at each logging step."},
     )
 
+    def _check_ranges(self) -> None:
+        """Values TRL would accept and fail on later (or divide by): checked first, one clear line each."""
+        def need(name, ok, rule):
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ValueError(f"{name}={value!r}: must be {rule}")
+
+        need("num_generations", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2 (GRPO compares G rollouts)")
+        need("num_generations_eval", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2 (or unset)")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "max_completion_length", "steps_per_generation", "generation_batch_size", "num_iterations"):
+            need(name, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        need("temperature", lambda v: v > 0, "> 0 (TRL divides the logits by it)")
+        need("top_p", lambda v: 0 < v <= 1, "in (0, 1]")
+        need("top_k", lambda v: v >= 0, ">= 0 (0 = off)")
+        need("min_p", lambda v: 0 <= v <= 1, "in [0, 1]")
+        need("learning_rate", lambda v: v >= 0, ">= 0")
+        need("beta", lambda v: v >= 0, ">= 0")
+        need("cat_anchor_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)")
+        need("cat_anchor_top_p", lambda v: 0 < v <= 1, "in (0, 1]")
+        need("cat_anchor_top_k", lambda v: v >= 0, ">= 0 (0 = off)")
+        need("cat_anchor_min_p", lambda v: 0 <= v <= 1, "in [0, 1]")
+
     def __post_init__(self):
+        self._check_ranges()
         _choice("cat_reward", self.cat_reward, REWARDS)
         _choice("cat_estimator", self.cat_estimator, ESTIMATORS)
         self._check_open_ended()

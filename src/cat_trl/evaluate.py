@@ -122,10 +122,9 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> tuple[EvalConfig, A
     """(EvalConfig, CaTScriptArguments) from a flat YAML plus `--key value` overrides (values parsed as YAML)."""
     from .script_args import CaTScriptArguments
 
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    from .recipe import load_mapping
+
+    raw = load_mapping(path, "eval config")
     overrides = list(overrides)
     while overrides:
         key = overrides.pop(0)
@@ -212,6 +211,10 @@ def _scorer(config: EvalConfig, open_ended: bool, matcher, extract):
     return RubricGraderScorer(HealthBenchGrader(engine))
 
 
+class EvalConfigError(ValueError):
+    """A config or data problem found before any model loads (printed as one line by `main`)."""
+
+
 def run(config: EvalConfig, script_args) -> dict[str, Any]:
     """Everything but the CLI: validate, load data, sample the pool, evaluate, write reports. Returns the result."""
     from dataclasses import replace
@@ -227,14 +230,20 @@ def run(config: EvalConfig, script_args) -> dict[str, Any]:
     from .models import resolve_model_path
     from .rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT
 
-    open_ended = resolve_format(script_args.dataset_name, script_args.dataset_format) == "healthbench"
-    if open_ended and (bad := [m for m in config.methods if m == "majority"]):
-        raise ValueError(f"method(s) {bad} need final answers; remove them for HealthBench")
-    matcher = AnswerMatcher(config.match, config.match_timeout)
-    extract = get_extractor(config.answer_extraction)
-    rows = _rows(script_args, open_ended)  # data problems surface before any model loads
-    scorer = _scorer(config, open_ended, matcher, extract)
-    device = _device(config)
+    from .recipe import check_model_source
+
+    try:  # everything that can be wrong with the config or the data surfaces here, before any model loads
+        open_ended = resolve_format(script_args.dataset_name, script_args.dataset_format) == "healthbench"
+        if open_ended and (bad := [m for m in config.methods if m == "majority"]):
+            raise ValueError(f"method(s) {bad} need final answers; remove them for HealthBench")
+        matcher = AnswerMatcher(config.match, config.match_timeout)
+        extract = get_extractor(config.answer_extraction)
+        rows = _rows(script_args, open_ended)
+        scorer = _scorer(config, open_ended, matcher, extract)
+        device = _device(config)
+        check_model_source(config.model_name_or_path)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise EvalConfigError(str(err)) from err
     engine = TransformersEngine.from_pretrained(resolve_model_path(config.model_name_or_path), dtype=config.dtype,
                                                 device=device, batch_size=config.batch_size,
                                                 max_context_tokens=config.max_context)
@@ -316,10 +325,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
+        from .script_args import CaTScriptArguments
+
         print("settings (defaults):")
         for f in fields(EvalConfig):
             default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
             print(f"  {f.name}: {default!r}")
+        print("dataset settings, shared with `cat-trl train` (defaults):")
+        for f in fields(CaTScriptArguments):
+            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+            help_text = (f.metadata or {}).get("help", "")
+            print(f"  {f.name}: {default!r}" + (f"  -- {help_text}" if help_text else ""))
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -327,7 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as err:
         print(f"cat-trl eval: {err}", file=sys.stderr)
         return 2
-    result = run(config, script_args)
+    try:
+        result = run(config, script_args)
+    except EvalConfigError as err:
+        print(f"cat-trl eval: {err}", file=sys.stderr)
+        return 2
     print("\n".join(summary_lines(result)))
     print("wrote " + ", ".join(result["meta"]["outputs"].values()))
     return 0

@@ -285,6 +285,14 @@ def _prepare_tokenizer(tokenizer):
     return tokenizer
 
 
+def _save_tokenizer(tokenizer, directory) -> None:
+    """Saves without the loading flags transformers records in `init_kwargs` (`local_files_only` follows
+    HF_HUB_OFFLINE at load time), so a checkpoint's files do not depend on the environment that built it."""
+    for key in ("local_files_only", "_commit_hash", "token", "cache_dir"):
+        tokenizer.init_kwargs.pop(key, None)
+    tokenizer.save_pretrained(str(directory))
+
+
 def _generation_config(tokenizer):
     """Generation config that stops on ``<|im_end|>`` (end of a chat turn) and ``<|endoftext|>``."""
     from transformers import GenerationConfig
@@ -333,7 +341,7 @@ def convert_gguf_to_checkpoint(gguf_path: Path, out_dir: Path, dtype: torch.dtyp
         model.config.pad_token_id = tokenizer.pad_token_id
         model.generation_config = _generation_config(tokenizer)
         model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        _save_tokenizer(tokenizer, tmp)
         del model
         # Cheap check of what we are about to publish: the saved tokenizer still renders ChatML.
         _prepare_tokenizer(AutoTokenizer.from_pretrained(str(tmp)))
@@ -412,6 +420,6 @@ def build_tiny_model(
             model = LlamaForCausalLM(config).to(torch.float32)
         model.generation_config = GenerationConfig.from_pretrained(embedded)
         model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        _save_tokenizer(tokenizer, tmp)
 
     return _build_once(out_dir, build, what="tiny random Llama", info={"params": params, "tokenizer": embedded})

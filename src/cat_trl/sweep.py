@@ -91,17 +91,23 @@ def _recipe(command: list[str]) -> dict[str, Any]:
             path = command[i + 1]
             if not os.path.exists(path):
                 raise SweepError(f"the sweep command's recipe {path} does not exist")
-            with open(path) as f:
-                return yaml.safe_load(f) or {}
+            from .recipe import RecipeError, load_mapping
+
+            try:
+                return load_mapping(path, "the sweep command's recipe")
+            except RecipeError as err:
+                raise SweepError(str(err)) from None
     raise SweepError("the sweep command must pass a recipe with `--config PATH`")
 
 
 def load_sweep(path: str) -> dict[str, Any]:
     """Reads and checks a sweep file, returning it with its planned grid (`_plan`): one entry per run."""
-    with open(path) as f:
-        sweep = yaml.safe_load(f)
-    if not isinstance(sweep, dict):
-        raise SweepError(f"{path}: not a mapping")
+    from .recipe import RecipeError, load_mapping
+
+    try:
+        sweep = load_mapping(path, "sweep file")
+    except RecipeError as err:
+        raise SweepError(str(err)) from None
     if sweep.get("method") != "grid":
         raise SweepError(f"{path}: method must be `grid` (G is a discrete compute knob; grid runs every point)")
     command = sweep.get("command")
@@ -115,13 +121,21 @@ def load_sweep(path: str) -> dict[str, Any]:
     if not isinstance(prompts, int) or prompts < 1:
         raise SweepError(f"{path}: `prompts_per_step` (a positive int, fixed across G) is required")
     recipe = _recipe(command)
-    processes = _num_processes(command)
+    try:
+        processes = _num_processes(command)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise SweepError(f"{path}: num_processes must be an integer ({err})") from None
     plan = []
     for point in _grid(sweep["parameters"]):
-        spg = int(point.get("steps_per_generation", recipe.get("steps_per_generation")
-                            or recipe.get("gradient_accumulation_steps", 1)))
         try:
-            batch = derive_batch(int(point["num_generations"]), prompts, processes, spg)
+            spg = int(point.get("steps_per_generation", recipe.get("steps_per_generation")
+                                or recipe.get("gradient_accumulation_steps", 1)))
+            g = point["num_generations"]
+            if isinstance(g, bool) or not isinstance(g, int) and not (isinstance(g, str) and g.strip().isdigit()):
+                raise SweepError(f"num_generations must be an integer, got {g!r}")
+            batch = derive_batch(int(g), prompts, processes, spg)
+        except (TypeError, ValueError) as err:
+            raise SweepError(f"{path}: grid point {point}: steps_per_generation must be an integer ({err})") from None
         except SweepError as err:
             raise SweepError(f"{path}: grid point {point}: {err}") from err
         plan.append({"parameters": point, "per_device_train_batch_size": batch, "num_processes": processes})

@@ -31,8 +31,15 @@ class ConfigError(ValueError):
     """A recipe problem found before training starts."""
 
 
+class _Parser(TrlParser):
+    """TrlParser whose argument errors are one line (argparse would print the whole 250-key usage first)."""
+
+    def error(self, message):
+        raise ConfigError(f"{message} (`cat-trl train --help` lists every setting)")
+
+
 def make_parser() -> TrlParser:
-    return TrlParser((CaTScriptArguments, CaTGRPOConfig, ModelConfig))
+    return _Parser((CaTScriptArguments, CaTGRPOConfig, ModelConfig), prog="cat-trl train CONFIG.yaml")
 
 
 def _cli_value(argv: list[str], key: str):
@@ -46,19 +53,26 @@ def _cli_value(argv: list[str], key: str):
     return found
 
 
-def apply_prompts_per_step(argv: list[str]) -> list[str]:
+def read_recipe(argv: list[str]) -> dict:
+    """The `--config` recipe as a mapping ({} without one); unreadable recipes are one-line `ConfigError`s."""
+    from .recipe import RecipeError, load_mapping
+
+    config_path = _cli_value(argv, "config")
+    if config_path is None:
+        return {}
+    try:
+        return load_mapping(config_path)
+    except RecipeError as err:
+        raise ConfigError(str(err)) from None
+
+
+def apply_prompts_per_step(argv: list[str], recipe: dict | None = None) -> list[str]:
     """`prompts_per_step: P` (recipe or CLI) fixes the prompts per generation batch whatever G is: it derives
     `per_device_train_batch_size` from P, G, WORLD_SIZE and steps_per_generation *before* TRL validates the batch
     (a sweep over G would otherwise hit TRL's divisibility check for every G the base batch does not fit)."""
-    import yaml
-
     from .sweep import SweepError, derive_batch
 
-    config_path = _cli_value(argv, "config")
-    recipe = {}
-    if config_path and os.path.exists(config_path):
-        with open(config_path) as f:
-            recipe = yaml.safe_load(f) or {}
+    recipe = read_recipe(argv) if recipe is None else recipe
     value = lambda key, default=None: _cli_value(argv, key) or recipe.get(key, default)  # noqa: E731
     prompts = value("prompts_per_step")
     if prompts in (None, "None", "null"):
@@ -69,6 +83,9 @@ def apply_prompts_per_step(argv: list[str]) -> list[str]:
     try:
         batch = derive_batch(int(value("num_generations", 8)), int(prompts), int(os.environ.get("WORLD_SIZE", 1)),
                              int(spg))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"prompts_per_step, num_generations and steps_per_generation must be integers ({err})") \
+            from None
     except SweepError as err:
         raise ConfigError(str(err)) from err
     return [*argv, f"--per_device_train_batch_size={batch}"]
@@ -76,11 +93,14 @@ def apply_prompts_per_step(argv: list[str]) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv = apply_prompts_per_step(argv)
+    if "-h" in argv or "--help" in argv:
+        make_parser().print_help()  # every setting with its default and help, like `trl grpo --help`
+        raise SystemExit(0)
+    argv = apply_prompts_per_step(argv, read_recipe(argv))
     try:
         return make_parser().parse_args_and_config(args=argv)
-    except ValueError as err:  # TrlParser's unknown keys, GRPOConfig/CaTGRPOConfig __post_init__ checks
-        raise ConfigError(str(err)) from err
+    except (ValueError, TypeError) as err:  # TrlParser's unknown keys, GRPOConfig/CaTGRPOConfig __post_init__ checks
+        raise ConfigError(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
 
 
 def check_recipe(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_args: ModelConfig, dataset) -> None:
@@ -110,6 +130,83 @@ def check_recipe(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_arg
         raise ConfigError(f"cat_gold_column={args.cat_gold_column!r} cannot be a TRL input column")
 
 
+def check_output_dir(output_dir: str) -> None:
+    """An `output_dir` that is a file, or under a file, or not writable, fails now rather than after the model loads."""
+    path = os.path.abspath(output_dir)
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"output_dir={output_dir!r}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"output_dir={output_dir!r}: {probe} is not writable")
+
+
+def check_lengths(args: CaTGRPOConfig, model_path: str, dataset) -> None:
+    """Prompts that cannot fit the model's context with `max_completion_length` new tokens, and an anchor context too
+    small for G rollouts, are refused before any weights load (tokenizer and config only). A 1 MB prompt would
+    otherwise reach the first generation and try to allocate hundreds of GB."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .anchor import anchor_sampling
+    from .engines.base import Engine, TokenizerBudget
+    from .estimators import SynthesisEstimator
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    config = AutoConfig.from_pretrained(model_path)
+    model_context = getattr(config, "max_position_embeddings", None)
+    context = args.vllm_max_model_length if args.use_vllm and args.vllm_max_model_length else model_context
+    if context:
+        room = context - args.max_completion_length
+        if room < 1:
+            raise ConfigError(f"max_completion_length={args.max_completion_length} leaves no room for a prompt in the "
+                              f"model's context of {context} tokens")
+        for i, row in enumerate(dataset):
+            prompt = row["prompt"]
+            chars = sum(len(str(m.get("content", ""))) for m in prompt) if isinstance(prompt, list) else len(prompt)
+            if chars < room // 2:  # a token is at least one character on average far beyond this: no need to count
+                continue
+            if isinstance(prompt, list):
+                text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False,
+                                                     **(args.chat_template_kwargs or {}))
+                n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            else:
+                n = len(tokenizer(prompt)["input_ids"])
+            if n > room:
+                raise ConfigError(
+                    f"dataset row {i} (problem_id {row.get('problem_id')!r}): the prompt is {n} tokens, but the "
+                    f"model's context of {context} tokens leaves {room} after max_completion_length="
+                    f"{args.max_completion_length}. Drop or shorten such rows (or raise the context).")
+    if args.cat_estimator != "synthesis" or args.cat_reward == "physician_rubric":
+        return
+    anchor_context = args.cat_anchor_max_context or (
+        args.vllm_max_model_length if args.cat_anchor_engine == "vllm" else None) or (
+        model_context if args.cat_anchor_engine != "openai" else None)
+    if anchor_context is None:
+        return
+
+    class _Budget(TokenizerBudget, Engine):  # counts tokens exactly like the anchor engines; generates nothing
+        def __init__(self):
+            super().__init__()
+            self.tokenizer = tokenizer
+
+        @property
+        def max_context_tokens(self):
+            return anchor_context
+
+        def generate(self, conversations, sampling, chat_template_kwargs=None):
+            raise RuntimeError("budget check only")
+
+    estimator = SynthesisEstimator(_Budget(), anchor_sampling(args), template=args.synthesis_template,
+                                   include_question=args.cat_include_question, max_context_tokens=anchor_context,
+                                   chat_template_kwargs=args.chat_template_kwargs)
+    widest = max(args.num_generations, args.num_generations_eval or 0)
+    try:
+        estimator.check_budget(widest, args.max_completion_length)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def summarize(log_history: list[dict], window: int = 3) -> dict[str, dict[str, float]]:
     """First vs. last logged values of the headline metrics (means over `window` logging steps)."""
     keys = ["reward", "cat/label_accuracy", "cat/ground_truth_ratio", "cat/majority_accuracy",
@@ -127,6 +224,7 @@ def summarize(log_history: list[dict], window: int = 3) -> dict[str, dict[str, f
 def run(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_args: ModelConfig):
     from .data import load_train_dataset
     from .models import resolve_model_path
+    from .recipe import RecipeError, check_model_source
     from .trainer import CaTGRPOTrainer
 
     try:
@@ -134,8 +232,16 @@ def run(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_args: ModelC
     except ValueError as err:
         raise ConfigError(f"dataset: {err}") from err
     check_recipe(script_args, args, model_args, dataset)
+    check_output_dir(args.output_dir)
+    try:
+        check_model_source(model_args.model_name_or_path)
+        if args.cat_anchor_model_name_or_path and args.cat_anchor_engine != "openai":
+            check_model_source(args.cat_anchor_model_name_or_path, "cat_anchor_model_name_or_path")
+    except RecipeError as err:
+        raise ConfigError(str(err)) from None
 
     model_path = resolve_model_path(model_args.model_name_or_path)
+    check_lengths(args, model_path, dataset)
     init_kwargs = dict(args.model_init_kwargs or {})
     init_kwargs.setdefault("dtype", model_args.dtype)
     if model_args.attn_implementation:

@@ -231,6 +231,7 @@ class CaTGRPOTrainer(GRPOTrainer):
                     "answers": d.answers,
                     "majority": d.majority,
                     "reference": ref.text,
+                    "anchor_output": ref.diagnostics.get("anchor_output"),  # raw: the reference is its unified part
                     "reference_answer": ref.answer,
                     "rubric": ref.rubric,
                     "rubric_error": ref.diagnostics.get("rubric_error"),

@@ -181,3 +181,10 @@ def extra_vllm_llm_kwargs(kwargs: dict | None) -> Iterator[None]:
         yield
     finally:
         vllm_generation.LLM = original
+
+
+def trainer_of_reward_call(log_metric):
+    """The `GRPOTrainer` running a reward call, or None outside one. TRL 1.16 passes no trainer to reward functions,
+    but its `log_metric=` keyword is the trainer's bound `_log_metric` method."""
+    trainer = getattr(log_metric, "__self__", None)
+    return trainer if hasattr(trainer, "num_generations") else None

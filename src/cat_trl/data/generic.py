@@ -14,7 +14,8 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from cat_trl.data.prompts import DEFAULT_INSTRUCTION, build_messages, question_text
 
-__all__ = ["GOLD_COLUMN", "load_generic", "load_raw", "looks_like_local_path", "resolve_local", "to_contract"]
+__all__ = ["GOLD_COLUMN", "load_generic", "load_raw", "looks_like_local_path", "read_jsonl", "resolve_local",
+           "to_contract"]
 
 GOLD_COLUMN = "gold_answer"  # diagnostic-only column; the trainer strips it before computing rewards
 ID_COLUMNS = ("id", "problem_id", "unique_id")
@@ -39,6 +40,47 @@ def resolve_local(name: str) -> str | None:
     return None
 
 
+def read_jsonl(path: str) -> list[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line of a JSONL file. A line that is not UTF-8 or not JSON (a
+    truncated last line, say) raises `ValueError` naming the file and the line, instead of a generation error from
+    the dataset builder naming neither."""
+    import json
+
+    rows = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not valid UTF-8 (byte {err.start} of the line: "
+                                 f"{raw[err.start:err.start + 4]!r}); save the file as UTF-8.") from None
+            if not line.strip():
+                continue
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno}); a "
+                                 "truncated or hand-edited line?") from None
+    return rows
+
+
+def _check_text_file(path: str, ext: str) -> None:
+    """Fail early, naming file and line/row, on what the `datasets` builders report without either."""
+    if ext == ".jsonl":
+        for number, value in read_jsonl(path):
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object per line, got "
+                                 f"{type(value).__name__}.")
+    elif ext == ".csv":
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise ValueError(f"{path}, line {number}: not valid UTF-8 (byte {err.start} of the line); save "
+                                     "the file as UTF-8.") from None
+
+
 def load_raw(name_or_path: str, config: str | None = None, split: str = "train") -> Dataset:
     """Load the raw rows: a local file (builder chosen by extension), a `save_to_disk` directory, or a hub id.
 
@@ -59,7 +101,14 @@ def load_raw(name_or_path: str, config: str | None = None, split: str = "train")
     ext = os.path.splitext(path)[1].lower()
     if ext not in BUILDERS:
         raise ValueError(f"Unsupported dataset file {path!r}: expected one of {sorted(BUILDERS)} or a directory.")
-    return load_dataset(BUILDERS[ext], data_files=path, split="train")
+    _check_text_file(path, ext)
+    try:
+        return load_dataset(BUILDERS[ext], data_files=path, split="train")
+    except Exception as err:  # DatasetGenerationError & co. name neither file nor row
+        if isinstance(err, (ValueError, FileNotFoundError)) and str(path) in str(err):
+            raise
+        raise ValueError(f"{path}: could not be read as {BUILDERS[ext]} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
 
 
 def _problem_ids(dataset: Dataset) -> list[str]:

@@ -85,17 +85,12 @@ def read_healthbench(source: str = HEALTHBENCH_HUB_ID, subset: str = "all") -> l
             ) from err
     else:
         raise FileNotFoundError(f"HealthBench source {source!r} is neither a local file nor {HEALTHBENCH_HUB_ID!r}")
+    from .generic import read_jsonl  # names file and line on non-UTF-8 or truncated lines
+
     records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from err
-            _check(record, f"{path}:{n}")
-            records.append(record)
+    for n, record in read_jsonl(path):
+        _check(record, f"{path}:{n}")
+        records.append(record)
     if not records:
         raise ValueError(f"{path} holds no HealthBench records")
     ids = [r["prompt_id"] for r in records]

@@ -167,24 +167,23 @@ class OpenAIEngine(Engine):
             try:
                 with self._lock:
                     self.stats.extra["http_requests"] += 1
-                response = self._http().post(url, json=body)
-            except httpx.TransportError as err:  # refused, reset, DNS, timeouts
+                status, headers, text = self._request(url, body)
+            except httpx.TransportError as err:  # refused, reset, DNS, timeouts, the attempt's deadline
                 last = err
                 if attempt < self.max_retries:
                     time.sleep(delay)
                 continue
-            if response.status_code in _RETRY_STATUS:
-                last = f"HTTP {response.status_code}: {response.text[:300]}"
-                retry_after = response.headers.get("retry-after")
+            if status in _RETRY_STATUS:
+                last = f"HTTP {status}: {text[:300]}"
                 if attempt < self.max_retries:
-                    time.sleep(_retry_after(retry_after, delay))
+                    time.sleep(_retry_after(headers.get("retry-after"), delay))
                 continue
-            if response.status_code >= 400:
-                raise EngineError(f"{url} refused the request (HTTP {response.status_code}): {response.text[:500]}")
+            if status >= 400:
+                raise EngineError(f"{url} refused the request (HTTP {status}): {text[:500]}")
             try:
-                data = response.json()
+                data = json.loads(text)
             except ValueError as err:
-                raise EngineError(f"{url} returned a body that is not JSON: {response.text[:300]!r}") from err
+                raise EngineError(f"{url} returned a body that is not JSON: {text[:300]!r}") from err
             if validate is not None:
                 validate(data)
             if key is not None:
@@ -196,6 +195,21 @@ class OpenAIEngine(Engine):
             f"Cannot get a completion from the OpenAI-compatible server at {url} (model {self.model!r}) after "
             f"{self.max_retries + 1} attempts: {last!r}; {hint}"
         )
+
+    def _request(self, url: str, body: dict[str, Any]) -> tuple[int, Any, str]:
+        """One POST, bounded as a whole by `timeout` seconds (plus at most one read gap): httpx's own timeout bounds
+        each wait for bytes, so a server trickling one byte at a time would otherwise keep the call alive forever."""
+        import httpx
+
+        deadline = time.monotonic() + self.timeout
+        chunks = []
+        with self._http().stream("POST", url, json=body) as response:
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"no complete response within {self.timeout} s (server trickling bytes)")
+            encoding = response.encoding or "utf-8"
+            return response.status_code, response.headers, b"".join(chunks).decode(encoding, errors="replace")
 
     def _store(self, key: str, data: dict[str, Any]) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ from typing import Any
 from ..engines.base import Engine, SamplingSettings
 from ..estimators import MajorityEstimator, ReferenceEstimator, SynthesisEstimator
 from ..grouping import estimate_all, gather_groups, local_references
+from ..trl_compat import trainer_of_reward_call
 from .verifiable import CaTMathReward
 
 
@@ -20,24 +21,49 @@ class CaTSynthesisMathReward:
     """Anchor synthesis + verifiable reward in one callable.
 
     Args:
-        num_generations: G, exactly as in `GRPOConfig.num_generations` (the reward cannot infer it: groups may be
-            split across processes).
+        num_generations: G. Optional inside a TRL trainer, whose G it reads (groups may be split across processes, so
+            G is never guessed from the batch); when given, it must equal the trainer's. Required outside a trainer.
         engine: the anchor engine. If None, a frozen copy of `anchor_model` is loaded on this process's device at the
-            first call (the initial policy: pass the same path as the policy's `model_name_or_path`).
+            first call (the initial policy: pass the same path as the policy's `model_name_or_path`). Copies
+            (`copy.copy`, `copy.deepcopy`) share it; pickling drops it (weights and sockets do not pickle) and the
+            unpickled reward reloads `anchor_model`.
         anchor_model: path or hub id of pi_0, used when `engine` is None.
         estimator: `"synthesis"` (CaT) or `"majority"` (TTRL-style, no anchor).
         match / extraction: answer matching and extraction, see `CaTMathReward`.
-        anchor_max_new_tokens / anchor_temperature / anchor_top_p / anchor_top_k: the anchor's sampling.
+        anchor_max_new_tokens, anchor_temperature, anchor_top_p, anchor_top_k, anchor_min_p, anchor_seed,
+        anchor_max_context: the anchor's settings, as `CaTGRPOTrainer`'s `cat_anchor_*`. Sampling settings left
+            unset follow the trainer's (`temperature`, `top_p`, `top_k`, `min_p`, `repetition_penalty`), like
+            `CaTGRPOTrainer`; outside a trainer they default to temperature 1, top-p 1, top-k off, min-p off.
         include_question: show the question to the anchor (ablation).
 
     Every call logs the reference answer as a `cat_reference_answer` completions-table column.
 
+    Example:
+        ```python
+        from trl import GRPOConfig, GRPOTrainer
+        from cat_trl.rewards import CaTSynthesisMathReward
+
+        reward = CaTSynthesisMathReward(anchor_model="Qwen/Qwen3-4B")  # pi_0 = the initial policy; G from the trainer
+        trainer = GRPOTrainer(model="Qwen/Qwen3-4B", reward_funcs=[reward], args=GRPOConfig(num_generations=8),
+                              train_dataset=dataset)
+        ```
+
     With `trl grpo --reward_funcs cat_trl.rewards.cat_synthesis_math_reward`, configure the module-level instance
-    through environment variables (YAML `env:` block): `CAT_NUM_GENERATIONS` (required), `CAT_ANCHOR_MODEL`
-    (required for synthesis), `CAT_ESTIMATOR`, `CAT_MATCH`, `CAT_ANSWER_EXTRACTION`, `CAT_ANCHOR_MAX_NEW_TOKENS`, `CAT_ANCHOR_TEMPERATURE`.
+    through environment variables (YAML `env:` block): `CAT_ANCHOR_MODEL` (required for synthesis), and optionally
+    `CAT_NUM_GENERATIONS`, `CAT_ESTIMATOR`, `CAT_MATCH`, `CAT_ANSWER_EXTRACTION`, `CAT_ANCHOR_MAX_NEW_TOKENS`,
+    `CAT_ANCHOR_TEMPERATURE`, `CAT_ANCHOR_TOP_P`, `CAT_ANCHOR_TOP_K`, `CAT_ANCHOR_MIN_P`, `CAT_ANCHOR_SEED`,
+    `CAT_ANCHOR_MAX_CONTEXT`.
     """
 
     __name__ = "cat_synthesis_math_reward"
+    #: environment variable -> (attribute, type)
+    ENV = {
+        "CAT_NUM_GENERATIONS": ("num_generations", int), "CAT_ANCHOR_MODEL": ("anchor_model", str),
+        "CAT_ESTIMATOR": ("estimator_name", str), "CAT_ANCHOR_MAX_NEW_TOKENS": ("anchor_max_new_tokens", int),
+        "CAT_ANCHOR_TEMPERATURE": ("anchor_temperature", float), "CAT_ANCHOR_TOP_P": ("anchor_top_p", float),
+        "CAT_ANCHOR_TOP_K": ("anchor_top_k", int), "CAT_ANCHOR_MIN_P": ("anchor_min_p", float),
+        "CAT_ANCHOR_SEED": ("anchor_seed", int), "CAT_ANCHOR_MAX_CONTEXT": ("anchor_max_context", int),
+    }
 
     def __init__(
         self,
@@ -48,9 +74,12 @@ class CaTSynthesisMathReward:
         estimator: str = "synthesis",
         match: str = "string",
         anchor_max_new_tokens: int = 1024,
-        anchor_temperature: float = 1.0,
-        anchor_top_p: float = 1.0,
-        anchor_top_k: int = 0,
+        anchor_temperature: float | None = None,
+        anchor_top_p: float | None = None,
+        anchor_top_k: int | None = None,
+        anchor_min_p: float | None = None,
+        anchor_seed: int | None = None,
+        anchor_max_context: int | None = None,
         include_question: bool = False,
         extraction: str = "boxed",
         from_env: bool = False,
@@ -60,53 +89,79 @@ class CaTSynthesisMathReward:
         self.engine = engine
         self.anchor_model = anchor_model
         self.estimator_name = estimator
-        self.sampling = SamplingSettings(
-            max_new_tokens=anchor_max_new_tokens, temperature=anchor_temperature, top_p=anchor_top_p, top_k=anchor_top_k
-        )
+        self.anchor_max_new_tokens = anchor_max_new_tokens
+        self.anchor_temperature, self.anchor_top_p = anchor_temperature, anchor_top_p
+        self.anchor_top_k, self.anchor_min_p = anchor_top_k, anchor_min_p
+        self.anchor_seed, self.anchor_max_context = anchor_seed, anchor_max_context
         self.include_question = include_question
         self.reward = CaTMathReward(match, extraction=extraction)
         self._estimator: ReferenceEstimator | None = None
         if not from_env:
             self._validate()
 
+    def _names(self) -> dict[str, str]:
+        """How the user sets each setting: constructor arguments, or environment variables in `from_env` mode."""
+        if self.from_env or getattr(self, "_configured_from_env", False):
+            return {"num_generations": "CAT_NUM_GENERATIONS", "anchor": "CAT_ANCHOR_MODEL (path of pi_0)",
+                    "estimator": "CAT_ESTIMATOR"}
+        return {"num_generations": "num_generations", "anchor": "engine=... or anchor_model=<path of pi_0>",
+                "estimator": "estimator"}
+
     def _validate(self) -> None:
-        if not isinstance(self.num_generations, int) or self.num_generations < 2:
-            raise ValueError(f"num_generations must be an int >= 2 (GRPOConfig.num_generations), got {self.num_generations!r}")
+        names = self._names()
+        g = self.num_generations
+        if g is not None and (not isinstance(g, int) or isinstance(g, bool) or g < 2):
+            raise ValueError(f"{names['num_generations']} must be an integer >= 2 (GRPOConfig.num_generations), got "
+                             f"{g!r}")
         if self.estimator_name not in ("synthesis", "majority"):
-            raise ValueError(f"estimator must be 'synthesis' or 'majority', got {self.estimator_name!r}")
+            raise ValueError(f"{names['estimator']} must be 'synthesis' or 'majority', got {self.estimator_name!r}")
         if self.estimator_name == "synthesis" and self.engine is None and not self.anchor_model:
-            raise ValueError("The synthesis estimator needs an anchor: pass engine=... or anchor_model=<path of pi_0>.")
+            raise ValueError(f"The synthesis estimator needs an anchor: set {names['anchor']}.")
+        checks = {"anchor_max_new_tokens": lambda v: v >= 1, "anchor_temperature": lambda v: v >= 0,
+                  "anchor_top_p": lambda v: 0 < v <= 1, "anchor_top_k": lambda v: v >= 0,
+                  "anchor_min_p": lambda v: 0 <= v <= 1, "anchor_max_context": lambda v: v >= 1}
+        for name, ok in checks.items():
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ValueError(f"{name}={value!r} is out of range")
 
     def _configure_from_env(self) -> None:
-        env = os.environ
-        if "CAT_NUM_GENERATIONS" not in env:
-            raise ValueError(
-                "cat_synthesis_math_reward is configured from the environment: set CAT_NUM_GENERATIONS (= "
-                "num_generations) and CAT_ANCHOR_MODEL (path of the initial policy), e.g. in the YAML `env:` block."
-            )
-        self.num_generations = int(env["CAT_NUM_GENERATIONS"])
-        self.anchor_model = env.get("CAT_ANCHOR_MODEL", self.anchor_model)
-        self.estimator_name = env.get("CAT_ESTIMATOR", self.estimator_name)
-        self.reward = CaTMathReward(
-            env.get("CAT_MATCH", "string"), extraction=env.get("CAT_ANSWER_EXTRACTION", "boxed")
-        )
-        self.sampling = SamplingSettings(
-            max_new_tokens=int(env.get("CAT_ANCHOR_MAX_NEW_TOKENS", self.sampling.max_new_tokens)),
-            temperature=float(env.get("CAT_ANCHOR_TEMPERATURE", self.sampling.temperature)),
-            top_p=self.sampling.top_p,
-            top_k=self.sampling.top_k,
-        )
+        self._configured_from_env = True
+        for var, (attr, kind) in self.ENV.items():
+            if var in os.environ:
+                try:
+                    setattr(self, attr, kind(os.environ[var]))
+                except ValueError:
+                    raise ValueError(f"{var}={os.environ[var]!r} is not a valid {kind.__name__}") from None
+        self.reward = CaTMathReward(os.environ.get("CAT_MATCH", self.reward.matcher.mode),
+                                    extraction=os.environ.get("CAT_ANSWER_EXTRACTION", "boxed"))
         self.from_env = False
         self._validate()
 
-    def _build_estimator(self) -> ReferenceEstimator:
+    def _sampling(self, trainer) -> SamplingSettings:
+        """The anchor samples like the policy (the trainer's settings) unless set here -- as in `CaTGRPOTrainer`."""
+        args = getattr(trainer, "args", None)
+        pick = lambda own, trl_name, default: (  # noqa: E731
+            own if own is not None else (getattr(args, trl_name, None) if getattr(args, trl_name, None) is not None
+                                         else default))
+        return SamplingSettings(
+            max_new_tokens=self.anchor_max_new_tokens,
+            temperature=pick(self.anchor_temperature, "temperature", 1.0),
+            top_p=pick(self.anchor_top_p, "top_p", 1.0),
+            top_k=pick(self.anchor_top_k, "top_k", 0) or 0,
+            min_p=pick(self.anchor_min_p, "min_p", None),
+            repetition_penalty=getattr(args, "repetition_penalty", None) or 1.0,
+            seed=self.anchor_seed,
+        )
+
+    def _build_estimator(self, trainer) -> ReferenceEstimator:
         if self.estimator_name == "majority":
             return MajorityEstimator(self.reward.matcher, self.reward.extract)
         if self.engine is None:
             if not self.anchor_model:
                 raise ValueError(
-                    "CaTSynthesisMathReward has no anchor: its engine is not carried through pickling/copying. "
-                    "Construct it with anchor_model=<path of pi_0> so it can reload the anchor, or pass engine= again."
+                    "CaTSynthesisMathReward has no anchor: its engine is not carried through pickling. Construct it "
+                    f"with {self._names()['anchor']} so it can reload the anchor."
                 )
             from accelerate import PartialState
 
@@ -114,18 +169,21 @@ class CaTSynthesisMathReward:
             from ..models import resolve_model_path
 
             self.engine = TransformersEngine.from_pretrained(
-                resolve_model_path(self.anchor_model), device=PartialState().device
+                resolve_model_path(self.anchor_model), device=PartialState().device,
+                max_context_tokens=self.anchor_max_context,
             )
         return SynthesisEstimator(
-            self.engine, self.sampling, include_question=self.include_question, extract_answer=self.reward.extract
+            self.engine, self._sampling(trainer), include_question=self.include_question,
+            max_context_tokens=self.anchor_max_context, extract_answer=self.reward.extract,
         )
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         if self.from_env:
             self._configure_from_env()
+        trainer = trainer_of_reward_call(kwargs.get("log_metric"))
         if self._estimator is None:
-            self._estimator = self._build_estimator()
-        batch = gather_groups(prompts, completions, self._group_size(kwargs.get("log_metric")))
+            self._estimator = self._build_estimator(trainer)
+        batch = gather_groups(prompts, completions, self._group_size(trainer))
         references = local_references(batch, estimate_all(self._estimator, batch.groups))
         log_extra = kwargs.get("log_extra")
         if log_extra is not None:
@@ -134,17 +192,19 @@ class CaTSynthesisMathReward:
             completions, cat_reference=[r.text for r in references], log_metric=kwargs.get("log_metric")
         )
 
-    def _group_size(self, log_metric) -> int:
-        """G for this call. Inside a TRL trainer (whose bound `log_metric` TRL passes in) eval batches use
-        `num_generations_eval`; the trainer's own train G must agree with the one this reward was given."""
-        trainer = getattr(log_metric, "__self__", None)
+    def _group_size(self, trainer) -> int:
+        """G for this call: the trainer's (`num_generations_eval` for eval batches). A G given to this reward must
+        agree with the trainer's; outside a trainer it is required."""
         train_g = getattr(trainer, "num_generations", None)
         if not isinstance(train_g, int):
+            if self.num_generations is None:
+                raise ValueError(f"CaTSynthesisMathReward is called outside a TRL trainer: set "
+                                 f"{self._names()['num_generations']} (G) so it can cut the batch into groups.")
             return self.num_generations
-        if train_g != self.num_generations:
+        if self.num_generations is not None and train_g != self.num_generations:
             raise ValueError(
-                f"CaTSynthesisMathReward was built with num_generations={self.num_generations} but the trainer uses "
-                f"num_generations={train_g}: groups would be cut wrongly. Pass the same value."
+                f"CaTSynthesisMathReward was given {self._names()['num_generations']}={self.num_generations} but the "
+                f"trainer uses num_generations={train_g}: groups would be cut wrongly. Pass the same value (or none)."
             )
         model = getattr(trainer, "model", None)
         if model is not None and not model.training:
@@ -152,8 +212,23 @@ class CaTSynthesisMathReward:
         return train_g
 
     def __getstate__(self) -> dict[str, Any]:
-        # Engines hold model weights or sockets: rebuilt lazily after unpickling.
+        # Engines hold model weights or sockets: dropped when pickled, rebuilt lazily from `anchor_model`.
         state = dict(self.__dict__)
         state["_estimator"] = None
         state["engine"] = None
         return state
+
+    def __deepcopy__(self, memo):
+        """A copy shares the anchor engine (weights are not duplicated, and an `engine=` anchor is not lost)."""
+        import copy
+
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        clone.reward = copy.deepcopy(self.reward, memo)
+        clone._estimator = None
+        return clone
+
+    def __copy__(self):
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)  # not __getstate__: a shallow copy keeps the engine
+        return clone

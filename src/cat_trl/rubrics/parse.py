@@ -9,10 +9,9 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-_RUBRIC = re.compile(r"<rubric\b[^>]*>.*?</rubric>", re.DOTALL | re.IGNORECASE)
 _CRITERION = re.compile(r"<criterion\b[^>]*>(.*?)(?:</criterion>|(?=<criterion\b)|(?=</rubric>)|\Z)", re.DOTALL | re.IGNORECASE)
 _TAGS = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>")  # real tags only: "dose < 5 mg and > 1" survives
-_LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+(.+?)\s*$", re.MULTILINE)
+_LIST_MARK = re.compile(r"(?:[-*\u2022]|\d+[.)])\s")
 _MAX_CRITERION_CHARS = 500
 
 
@@ -42,15 +41,44 @@ def _key(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.casefold()).strip()
 
 
+def _rubric_block(text: str) -> str | None:
+    """The first `<rubric ...>...</rubric>` span, found with plain searches (what `re.search(r"<rubric\\b[^>]*>.*?
+    </rubric>", re.I | re.S)` finds, but linear: the regex rescans to the end from every unclosed `<rubric>`)."""
+    lower = text.lower()
+    pos = 0
+    while True:
+        start = lower.find("<rubric", pos)
+        if start < 0:
+            return None
+        after = start + len("<rubric")
+        if after < len(text) and (text[after].isalnum() or text[after] == "_"):
+            pos = after  # `<rubrics>` is another tag
+            continue
+        close = text.find(">", after)
+        end = lower.find("</rubric>", close + 1) if close >= 0 else -1
+        return None if end < 0 else text[start : end + len("</rubric>")]
+
+
+def _list_items(text: str) -> list[str]:
+    """Bulleted or numbered lines (`- x`, `* x`, `• x`, `1. x`, `2) x`), one pass over the lines."""
+    items = []
+    for line in text.splitlines():
+        line = line.strip()
+        mark = _LIST_MARK.match(line)
+        if mark and line[mark.end():].strip():
+            items.append(line[mark.end():].strip())
+    return items
+
+
 def _xml_criteria(text: str) -> list[str] | None:
-    block = _RUBRIC.search(text)
+    block = _rubric_block(text)
     if block:
         try:
-            root = ET.fromstring(block.group(0))
+            root = ET.fromstring(block)
             found = [_squash("".join(el.itertext())) for el in root.iter() if el.tag.lower() == "criterion"]
             if found:
                 return found  # already decoded text: entities like &lt;b&gt; are content, not markup
-        except ET.ParseError:
+        except (ET.ParseError, ValueError, UnicodeError):
             pass  # e.g. a bare "&" inside a criterion: fall back to the tolerant scan
     found = [_clean(m.group(1)) for m in _CRITERION.finditer(text)]
     return found or None
@@ -62,10 +90,11 @@ def parse_rubric(text: str | None, min_criteria: int = 5, max_criteria: int = 12
     at most `max_criteria`; fewer than `min_criteria` is an error."""
     if not isinstance(text, str) or not text.strip():
         return ParsedRubric([], error="empty output")
+    text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates from a byte-level decoder: no crash later
     raw = _xml_criteria(text)
     source = "xml"
     if raw is None and allow_list:
-        raw, source = [_clean(item) for item in _LIST_ITEM.findall(text)], "list"
+        raw, source = [_clean(item) for item in _list_items(text)], "list"
     if not raw:
         return ParsedRubric([], error="no <criterion> elements" + (" or list items" if allow_list else ""))
     criteria, seen, dupes = [], set(), 0

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..engines.base import Engine, SamplingSettings
 from ..estimators.base import Group, Reference, ReferenceEstimator
-from .parse import parse_rubric
+from .parse import ParsedRubric, parse_rubric
 from .prompts import RUBRIC_CONVERSATION_BLOCK, RUBRIC_PROMPT, fill, render_conversation, validate_placeholders
 
 
@@ -72,7 +72,10 @@ class RubricProposer:
             ref.rubric = None
             ref.diagnostics.update(rubric_failed=True, rubric_error="no reference text", rubric_size=0)
         for i, prompt, out in zip(todo, prompts, outputs):
-            parsed = parse_rubric(out.text, self.min_criteria, self.max_criteria, self.allow_list)
+            try:
+                parsed = parse_rubric(out.text, self.min_criteria, self.max_criteria, self.allow_list)
+            except Exception as err:  # a malformed anchor output must never crash a training step
+                parsed = ParsedRubric([], error=f"unparseable output ({type(err).__name__})")
             ref = references[i]
             ref.rubric = parsed.criteria if parsed.ok else None
             ref.diagnostics.update(
