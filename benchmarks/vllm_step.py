@@ -50,7 +50,7 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -
     from cat_trl.data import load_synthetic_math
     from cat_trl.models import resolve_model_path
     from cat_trl.trainer import CaTGRPOTrainer
-    from cat_trl.trl_compat import install_weight_sync
+    from cat_trl.trl_compat import extra_vllm_llm_kwargs, install_weight_sync
 
     model = resolve_model_path("smollm2-135m-instruct")
     args = CaTGRPOConfig(
@@ -69,8 +69,11 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -
     if arm == "plain":
         from run import oracle_reward  # plain GRPO's label reward, as in benchmarks/run.py
 
-        trainer = GRPOTrainer(model=model, reward_funcs=[oracle_reward], args=args, train_dataset=data,
-                              callbacks=[timer])
+        # The same engine settings as the CaT arm (float32, eager: TRL builds the engine, cat-trl passes the kwargs)
+        # and the same CPU weight sync -- what a plain TRL user on vLLM-CPU would use.
+        with extra_vllm_llm_kwargs(args.cat_vllm_llm_kwargs):
+            trainer = GRPOTrainer(model=model, reward_funcs=[oracle_reward], args=args, train_dataset=data,
+                                  callbacks=[timer])
         install_weight_sync(trainer.vllm_generation)  # TRL's colocate sync on vLLM-CPU (see trl_compat)
     else:
         trainer = CaTGRPOTrainer(model=model, args=args, train_dataset=data, callbacks=[timer])
@@ -99,9 +102,9 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -
         from vllm import SamplingParams
 
         tok = trainer.processing_class
-        prompt_ids = [tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
-                      for row in data.select(range(prompts))]
-        prompt_ids = [list(p["input_ids"]) if isinstance(p, dict) else list(p) for p in prompt_ids]
+        texts = [tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+                 for row in data.select(range(prompts))]
+        prompt_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         batch = [p for p in prompt_ids for _ in range(g)]
         params = SamplingParams(temperature=1.0, max_tokens=length, min_tokens=length, seed=0)
         start = time.perf_counter()

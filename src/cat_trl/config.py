@@ -242,7 +242,11 @@ class CaTGRPOConfig(GRPOConfig):
                 "cat_anchor_engine: openai."
             )
         if isinstance(self.cat_vllm_llm_kwargs, str):  # from the command line, as JSON (like model_init_kwargs)
-            self.cat_vllm_llm_kwargs = json.loads(self.cat_vllm_llm_kwargs)
+            try:
+                self.cat_vllm_llm_kwargs = json.loads(self.cat_vllm_llm_kwargs)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"cat_vllm_llm_kwargs={self.cat_vllm_llm_kwargs!r} is not JSON ({err.msg}); e.g. "
+                                 "'{\"enforce_eager\": true}'") from None
         check_vllm_llm_kwargs(self.cat_vllm_llm_kwargs)
         if self.cat_vllm_llm_kwargs and not (getattr(self, "use_vllm", False) and self.vllm_mode == "colocate"):
             raise ValueError("cat_vllm_llm_kwargs configures TRL's colocated vLLM engine: it needs use_vllm: true "

