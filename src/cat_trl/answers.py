@@ -94,7 +94,6 @@ _FRAC_VARIANT_RE = re.compile(r"\\[dt]frac(?![A-Za-z])")
 _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|°")
 _TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{")
 _BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
-_DIGIT_GAP_RE = re.compile(r"(?<=\d)\s+(?=\d)")
 _WHITESPACE_RE = re.compile(r"\s+")
 _ASSIGN_RE = re.compile(r"^[A-Za-z]=(?!=)")
 _LEADING_DOT_RE = re.compile(r"(?<![0-9A-Za-z}\)\]])\.(?=\d)")
@@ -169,8 +168,8 @@ def _normalize(s: str) -> str:
     s = _unwrap_text(s)
     # A comma followed by a space separates items (`1, 234` is a pair), so only unspaced groups are thousands.
     spaced_comma = bool(re.search(r",\s", s))
-    s = _DIGIT_GAP_RE.sub(" ", s)  # two numbers side by side stay apart ...
-    s = _WHITESPACE_RE.sub(lambda m: " " if m.group() == " " and _between_digits(m, s) else "", s)  # ... nothing else
+    # whitespace goes, except one space keeping two numbers side by side apart
+    s = _WHITESPACE_RE.sub(lambda m: " " if _between_digits(m, s) else "", s)
     s = s.rstrip(".")
     if _ASSIGN_RE.match(s) and s.count("=") == 1:
         s = s[2:]
