@@ -214,7 +214,8 @@ def _math_outputs(n: int, g: int, integers: bool = False):
 def bench_reward(n: int, g: int, reps: int) -> dict:
     from cat_trl.rewards import CaTMathReward
 
-    from cat_trl import answers
+    from cat_trl.answers import match as answers
+    from cat_trl.answers import normalise
 
     out = {}
     CaTMathReward(match="equivalent")(*_math_outputs(2, g))  # imports math-verify/sympy outside the timing
@@ -226,7 +227,7 @@ def bench_reward(n: int, g: int, reps: int) -> dict:
         for _ in range(reps):
             for variant, (mode, numeric, probe) in variants.items():  # interleaved; cold caches (new answers)
                 answers._parse.cache_clear()
-                answers._normalize.cache_clear()
+                normalise._normalize.cache_clear()
                 answers._PROBE_REJECTION = probe
                 reward = CaTMathReward(match=mode)
                 reward.matcher.numeric_fast_path = numeric

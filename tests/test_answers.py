@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cat_trl import answers
+from cat_trl.answers import match as answers
 from cat_trl.answers import AnswerMatcher, cluster_answers, extract_boxed, majority_answer, normalize_answer
 
 
@@ -436,7 +436,7 @@ def test_numeric_fast_path_is_exact_arithmetic():
     import random
     from fractions import Fraction
 
-    from cat_trl.answers import _equivalent
+    from cat_trl.answers.match import _equivalent
 
     rng = random.Random(0)
     pairs = [("7", "7.0"), ("7", "-7"), ("0.5", "0.50"), ("1000", "1,000"), ("0.3333333", "0.33333333"),
@@ -464,7 +464,7 @@ def test_numeric_fast_path_is_exact_arithmetic():
 def test_early_rejections_equal_full_math_verify(a, b):
     """Lone symbols are compared by name in math-verify (`e` is Euler's number, `\\text{(E)}` vs `e` is accepted), so
     no early rejection may decide them; numbers, tuples, relations and intervals get math-verify's verdict too."""
-    from cat_trl import answers as A
+    from cat_trl.answers import match as A
 
     verdicts = []
     try:
@@ -482,7 +482,7 @@ def test_probe_rejection_agrees_with_math_verify(math500_path):
     simplify; the decision must equal full math-verify on real MATH-500 answers, and identities must still pass."""
     import random
 
-    from cat_trl import answers as A
+    from cat_trl.answers import match as A
 
     gold = [json.loads(line)["answer"] for line in math500_path.read_text().splitlines() if line.strip()]
     rng = random.Random(0)
@@ -543,6 +543,6 @@ def test_prose_mentions_of_boxed_are_not_boxes(text, expected):
     (r"The final answer is \boxed{4}.", "4"),
 ])
 def test_final_phrase_answers_lose_markdown_and_math_delimiters(text, expected):
-    from cat_trl.extraction import extract_boxed_or_final
+    from cat_trl.answers import extract_boxed_or_final
 
     assert extract_boxed_or_final(text) == expected

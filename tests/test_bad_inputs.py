@@ -161,7 +161,7 @@ def test_sweep_refuses_non_integer_grid_values(values, words, tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(TINY.read_text())
     sweep = {"method": "grid", "prompts_per_step": 2, "parameters": {"num_generations": {"values": values}},
-             "command": ["python", "-m", "cat_trl.train", "--config", str(recipe), "${args}"]}
+             "command": ["python", "-m", "cat_trl.cli.train", "--config", str(recipe), "${args}"]}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     assert cli.main(["sweep", str(path), "--dry_run"]) == 2

@@ -1,4 +1,4 @@
-"""Tests for the recipe layer: `CaTGRPOConfig` through `cat_trl.train.parse_args`, `check_recipe`, `main`, the anchor
+"""Tests for the recipe layer: `CaTGRPOConfig` through `cat_trl.cli.train.parse_args`, `check_recipe`, `main`, the anchor
 weight resolution and the `cat-trl` command line. Nothing here loads a model."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cat_trl.anchor import resolve_anchor_weights
 from cat_trl.config import CaTGRPOConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-from cat_trl.train import ConfigError, check_recipe, main, parse_args
+from cat_trl.cli.train import ConfigError, check_recipe, main, parse_args
 
 BASE = {
     "use_cpu": True,
@@ -299,7 +299,7 @@ def test_anchor_sizes_must_be_positive(tmp_path, field):
 def test_every_shipped_recipe_parses(recipe_path):
     """Every recipe in yaml/ goes through TrlParser and the CaT config checks (GPU-only settings overridden so the
     check runs on CPU)."""
-    from cat_trl.train import parse_args
+    from cat_trl.cli.train import parse_args
 
     script_args, args, model_args = parse_args(["--config", recipe_path, "--bf16", "false", "--use_cpu", "true"])
     assert model_args.model_name_or_path

@@ -350,7 +350,7 @@ def test_dispatch_errors(tmp_path, monkeypatch):
 
 
 def test_completion_text_never_returns_the_string_none():
-    from cat_trl.grouping import completion_text
+    from cat_trl.messages import completion_text
 
     assert completion_text([{"role": "assistant", "content": None}]) == ""
     assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": None}, {"text": "a"}]}]) == "a"

@@ -396,7 +396,7 @@ def test_majority_tie_goes_to_first_occurrence():
 
 
 def test_majority_uses_the_configured_extractor():
-    from cat_trl.extraction import extract_boxed_or_final
+    from cat_trl.answers import extract_boxed_or_final
 
     group = Group(prompt="p", completions=["The final answer is 4.", "final answer is: $4$", "\\boxed{5}"])
     assert MajorityEstimator().estimate([group])[0].answer == "5"

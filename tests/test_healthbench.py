@@ -14,7 +14,7 @@ import pytest
 from cat_trl.data import load_healthbench, resolve_format
 from cat_trl.data.healthbench import read_healthbench, split_healthbench
 from cat_trl.engines import Engine, Generation
-from cat_trl.evaluation.healthbench import (
+from cat_trl.evaluation.healthbench_grader import (
     HealthBenchGrader,
     RubricItem,
     aggregate,
@@ -244,7 +244,7 @@ def test_healthbench_eval_unreachable_grader_fails_first(tmp_path, capsys):
 
 
 def test_holdout_from_training_file_and_thinking_stripped(tmp_path):
-    from cat_trl.healthbench_eval import _examples, _parser, _strip_thinking
+    from cat_trl.cli.healthbench_eval import _examples, _parser, _strip_thinking
 
     subset = tmp_path / "hard.jsonl"
     subset.write_text("".join(line + "\n" for line in FIXTURE.read_text().splitlines()[:3]))
@@ -261,7 +261,7 @@ def test_holdout_from_training_file_and_thinking_stripped(tmp_path):
 def test_grader_output_parser_is_linear_on_hostile_output(junk):
     import time
 
-    from cat_trl.evaluation.healthbench import parse_grader_output
+    from cat_trl.evaluation.healthbench_grader import parse_grader_output
 
     start = time.perf_counter()
     assert parse_grader_output(junk) is None
@@ -276,7 +276,7 @@ def test_grader_output_parser_is_linear_on_hostile_output(junk):
     ('{"criteria_met": "yes"}', None),  # not a boolean: ask again
 ])
 def test_grader_output_parser_accepts_simple_evals_replies_and_documented_wrappings(reply, met):
-    from cat_trl.evaluation.healthbench import parse_grader_output
+    from cat_trl.evaluation.healthbench_grader import parse_grader_output
 
     parsed = parse_grader_output(reply)
     assert (parsed or {}).get("criteria_met") == met

@@ -16,7 +16,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 
 def _launch_args(name: str):
     args = launch_command_parser().parse_args(
-        ["--config_file", str(CONFIGS / name), "-m", "cat_trl.train", "--config", "yaml/quickstart.yaml"]
+        ["--config_file", str(CONFIGS / name), "-m", "cat_trl.cli.train", "--config", "yaml/quickstart.yaml"]
     )
     return _validate_launch_command(args)[0]
 
@@ -52,4 +52,4 @@ def test_ddp_and_single_configs(name, multi):
     args = _launch_args(name)
     assert bool(args.multi_gpu) is multi and not args.use_fsdp and not args.use_deepspeed
     assert args.num_processes == (8 if multi else 1)
-    assert os.path.basename(args.training_script) == "cat_trl.train" or args.module
+    assert os.path.basename(args.training_script) == "cat_trl.cli.train" or args.module

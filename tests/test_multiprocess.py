@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -36,7 +35,7 @@ def test_two_process_split_groups(tmp_path, tiny_model_path, repo_root):
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()),
-        "-m", "cat_trl.train", "--config", str(repo_root / "tests" / "recipes" / "tiny.yaml"),
+        "-m", "cat_trl.cli.train", "--config", str(repo_root / "tests" / "recipes" / "tiny.yaml"),
         "--model_name_or_path", tiny_model_path, "--output_dir", str(out),
         "--per_device_train_batch_size", "6", "--num_generations", "4", "--max_steps", "2",
         "--log_completions", "true",

@@ -22,7 +22,7 @@ GREEDY = SamplingSettings(max_new_tokens=10, temperature=0)
 
 
 def _launch(repo_root, tiny, out, extra):
-    cmd = [sys.executable, "-m", "cat_trl.train", "--config", str(repo_root / "tests" / "recipes" / "tiny.yaml"),
+    cmd = [sys.executable, "-m", "cat_trl.cli.train", "--config", str(repo_root / "tests" / "recipes" / "tiny.yaml"),
            "--model_name_or_path", tiny, "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "1",
            "--learning_rate", "5e-2", *extra]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -43,7 +43,7 @@ def _perturb(checkpoint: Path) -> None:
 
 @pytest.mark.parametrize("peft", [False, True], ids=["full-copy-anchor", "peft-base-anchor"])
 def test_kill_and_resume_keeps_pi0_as_anchor(tmp_path, repo_root, tiny_model_path, peft):
-    from cat_trl.train import parse_args, run
+    from cat_trl.cli.train import parse_args, run
 
     out = tmp_path / "run"
     extra = ["--max_steps", "40"] + (["--use_peft", "true", "--lora_r", "8", "--lora_target_modules", "q_proj",

@@ -330,7 +330,7 @@ def test_unpickled_engine_only_reward_fails_with_a_clear_error(monkeypatch):
 def test_final_phrase_extraction_is_linear_on_long_dot_runs():
     import time
 
-    from cat_trl.extraction import extract_final_phrase
+    from cat_trl.answers import extract_final_phrase
 
     text = "The final answer is 7" + "." * 50_000 + "x"
     start = time.perf_counter()

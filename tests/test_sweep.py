@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cat_trl.sweep import SweepError, derive_batch, load_sweep, local_commands, wandb_definition
-from cat_trl.train import apply_prompts_per_step, parse_args
+from cat_trl.cli.sweep import SweepError, derive_batch, load_sweep, local_commands, wandb_definition
+from cat_trl.cli.train import apply_prompts_per_step, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +35,7 @@ def test_shipped_sweeps_validate(path, monkeypatch):
     # Every grid point goes through the real entry point: the batch derived on each rank (WORLD_SIZE from the
     # launcher) is the planned one, and the recipe + point parse and validate (GPU-only settings overridden here).
     for entry, cmd in zip(sweep["_plan"], local_commands(sweep, "/tmp/x")):
-        argv = cmd[cmd.index("cat_trl.train") + 1 :]
+        argv = cmd[cmd.index("cat_trl.cli.train") + 1 :]
         monkeypatch.setenv("WORLD_SIZE", str(entry["num_processes"]))
         derived = apply_prompts_per_step(argv)[-1]
         assert derived == f"--per_device_train_batch_size={entry['per_device_train_batch_size']}"
@@ -77,7 +76,7 @@ def test_prompts_per_step_in_the_entry_point(monkeypatch):
 
 @pytest.mark.multiproc
 def test_local_sweep_runs_the_grid_and_reports(tmp_path, tiny_model_path, monkeypatch):
-    from cat_trl.sweep import main
+    from cat_trl.cli.sweep import main
 
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

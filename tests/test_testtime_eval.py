@@ -20,7 +20,7 @@ from cat_trl.estimators import (
     SelfBoNEstimator,
     parse_choice,
 )
-from cat_trl.evaluate import load_config, main as eval_main, run
+from cat_trl.cli.eval import load_config, main as eval_main, run
 from cat_trl.evaluation.testtime import (
     AnswerScorer,
     MethodRun,

@@ -22,7 +22,7 @@ def test_offline_run_config_and_tables(tmp_path, repo_root, tiny_model_path):
     path.write_text(yaml.safe_dump(recipe))
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
-        [sys.executable, "-m", "cat_trl.train", "--config", str(path), "--model_name_or_path", tiny_model_path,
+        [sys.executable, "-m", "cat_trl.cli.train", "--config", str(path), "--model_name_or_path", tiny_model_path,
          "--output_dir", str(tmp_path / "out")],
         cwd=repo_root, env=env, capture_output=True, text=True, timeout=600,
     )

@@ -6,7 +6,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from .answers import AnswerMatcher
+from .answers import AnswerMatcher, get_extractor
 from .engines.base import Engine, SamplingSettings
 from .estimators import (
     MajorityEstimator,
@@ -16,7 +16,6 @@ from .estimators import (
     SelfBoNEstimator,
     SynthesisEstimator,
 )
-from .extraction import get_extractor
 
 if TYPE_CHECKING:
     from trl import GRPOTrainer

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .answers import EXTRACTIONS
 from .estimators import ESTIMATORS
 from .estimators.prompts import MATH_SYNTHESIS_PROMPT, validate_template
-from .extraction import EXTRACTIONS
 from .rubrics.judge import JUDGE_MODES
 from .rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT, validate_placeholders
 from .trl_compat import check_vllm_llm_kwargs

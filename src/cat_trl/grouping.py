@@ -17,33 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from accelerate import PartialState
-from accelerate.utils import gather_object
 
 from .estimators.base import Group, Reference, ReferenceEstimator
-
-
-def completion_text(completion: Any) -> str:
-    """Text of a TRL completion: a string (standard) or a list of messages (conversational). Never raises."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion:
-        content = completion[-1].get("content", "") if isinstance(completion[-1], dict) else completion[-1]
-        if isinstance(content, list):  # content blocks
-            return "".join(b.get("text") or "" for b in content if isinstance(b, dict))
-        if content is None:
-            return ""
-        return content if isinstance(content, str) else str(content)
-    return "" if completion is None else str(completion)
-
-
-def question_text(prompt: Any) -> str:
-    """The question a prompt asks: the last user message (conversational) or the prompt string."""
-    if isinstance(prompt, str):
-        return prompt
-    for message in reversed(prompt or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return completion_text([message])
-    return completion_text(prompt)
+from .distributed import gather_all
+from .messages import completion_text, question_text
 
 
 @dataclass
@@ -59,11 +36,6 @@ class GatheredBatch:
 
     def local_group_index(self, i: int) -> int:
         return (self.offset + i) // self.num_generations
-
-
-def gather_all(values: list) -> list:
-    """Collective: the concatenation of every rank's list, in rank order (a copy when single-process)."""
-    return gather_object(values) if PartialState().num_processes > 1 else list(values)
 
 
 def gather_groups(prompts: list[Any], completions: list[Any], num_generations: int) -> GatheredBatch:

@@ -48,7 +48,12 @@ class _Pending(Engine):
 
 
 def open_ended_rewards(args, judge: Judge) -> list:
-    from .rewards.rubric import AsyncCaTRubricReward, CaTRubricReward, JudgeEquivalenceReward, PhysicianRubricReward
+    from .rewards.rubric import (
+        AsyncCaTRubricReward,
+        CaTRubricReward,
+        JudgeEquivalenceReward,
+        PhysicianRubricReward,
+    )
 
     penalty = dict(length_penalty_tokens=args.cat_length_penalty_tokens, length_penalty=args.cat_length_penalty)
     if args.cat_reward == "rubric":

@@ -398,7 +398,12 @@ def build_tiny_model(
     embedded = resolve_model_path(_CANONICAL)  # outside our lock: it takes its own
 
     def build(tmp: Path) -> None:
-        from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+        from transformers import (
+            AutoTokenizer,
+            GenerationConfig,
+            LlamaConfig,
+            LlamaForCausalLM,
+        )
 
         tokenizer = AutoTokenizer.from_pretrained(embedded)
         config = LlamaConfig(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from trl import ScriptArguments
 
-DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+from .data.prompts import DEFAULT_INSTRUCTION
 
 
 @dataclass

@@ -25,19 +25,17 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from .anchor import build_anchor_engine, build_estimator, freeze_initial_adapter
-from .answers import AnswerMatcher
+from .answers import AnswerMatcher, get_extractor
 from .config import CaTGRPOConfig
-from .data.healthbench import GOLD_RUBRICS_COLUMN
-from .judging import build_judge, build_judge_engine, open_ended_rewards
 from .data import GOLD_COLUMN
+from .data.healthbench import GOLD_RUBRICS_COLUMN
 from .engines.base import Engine
 from .estimators.base import NoReference, ReferenceEstimator
-from .extraction import get_extractor
 from .grouping import estimate_all, gather_all, gather_groups, local_references
+from .judging import build_judge, build_judge_engine, open_ended_rewards
 from .metrics import aggregate, analyse_group
 from .rewards.verifiable import CaTMathReward
 from .trl_compat import extra_vllm_llm_kwargs, install_weight_sync
-
 
 logger = logging.getLogger(__name__)
 

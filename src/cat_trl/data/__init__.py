@@ -16,12 +16,22 @@ from typing import TYPE_CHECKING
 
 from datasets import Dataset
 
-from cat_trl.data.generic import GOLD_COLUMN, load_generic, load_raw, looks_like_local_path, resolve_local
+from cat_trl.data.generic import (
+    GOLD_COLUMN,
+    load_generic,
+    load_raw,
+    looks_like_local_path,
+    resolve_local,
+)
 from cat_trl.data.healthbench import HEALTHBENCH_HUB_ID, load_healthbench
 from cat_trl.data.math500 import MATH500_HUB_ID, load_math500
-from cat_trl.data.prompts import add_fewshot, build_messages, question_text
+from cat_trl.data.prompts import (
+    DEFAULT_INSTRUCTION,
+    add_fewshot,
+    build_messages,
+    question_text,
+)
 from cat_trl.data.synthetic import generate_problems, load_synthetic_math
-from cat_trl.script_args import DEFAULT_INSTRUCTION
 
 if TYPE_CHECKING:
     from cat_trl.script_args import CaTScriptArguments

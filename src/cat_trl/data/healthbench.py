@@ -85,7 +85,9 @@ def read_healthbench(source: str = HEALTHBENCH_HUB_ID, subset: str = "all") -> l
             ) from err
     else:
         raise FileNotFoundError(f"HealthBench source {source!r} is neither a local file nor {HEALTHBENCH_HUB_ID!r}")
-    from .generic import read_jsonl  # names file and line on non-UTF-8 or truncated lines
+    from .generic import (
+        read_jsonl,  # names file and line on non-UTF-8 or truncated lines
+    )
 
     records = []
     for n, record in read_jsonl(path):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cat_trl.script_args import DEFAULT_INSTRUCTION
+from cat_trl.messages import question_text
+
+DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 __all__ = ["DEFAULT_INSTRUCTION", "FEWSHOT_EXAMPLES", "add_fewshot", "build_messages", "question_text"]
 
@@ -20,14 +22,6 @@ def _with_suffix(content: Any, suffix: str) -> Any:
     if isinstance(content, list):
         return [*content, {"type": "text", "text": suffix.lstrip("\n")}]
     raise ValueError(f"Unsupported message content type {type(content).__name__!r}; expected str or list of parts.")
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # multimodal parts: keep the text ones
-        return "\n".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return "" if content is None else str(content)
 
 
 def _check_messages(messages: list) -> list[dict]:
@@ -74,14 +68,6 @@ def build_messages(
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
         messages[last_user] = {**messages[last_user], "content": _with_suffix(messages[last_user]["content"], suffix)}
     return messages
-
-
-def question_text(question: str | list[dict]) -> str:
-    """The raw question: the string itself, or the content of the last user message of a conversation."""
-    if isinstance(question, str):
-        return question
-    users = [m for m in question if isinstance(m, dict) and m.get("role") == "user"]
-    return _content_text(users[-1].get("content")) if users else ""
 
 
 # Worked examples in the answer format the rewards parse. Small instruct models (e.g. the embedded 135M model) rarely

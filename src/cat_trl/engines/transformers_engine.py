@@ -21,9 +21,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+)
 
-from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget, word_variants
+from .base import (
+    Conversation,
+    Engine,
+    Generation,
+    SamplingSettings,
+    TokenizerBudget,
+    word_variants,
+)
 
 ModelProvider = Callable[[], contextlib.AbstractContextManager[PreTrainedModel]]
 
@@ -191,7 +203,7 @@ class TransformersEngine(TokenizerBudget, Engine):
         size = self.batch_size or max(len(order), 1)
         batches: list[list[int] | None] = [order[b : b + size] for b in range(0, len(order), size)]
         if self.collective:
-            from ..grouping import gather_all
+            from ..distributed import gather_all
 
             target = max(gather_all([len(batches)]))
             padding = target - len(batches)

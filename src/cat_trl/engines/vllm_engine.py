@@ -29,7 +29,12 @@ from typing import Any
 
 import torch
 
-from ..trl_compat import load_weights_into_vllm, mark_policy_stale, policy_syncs, vllm_max_model_len
+from ..trl_compat import (
+    load_weights_into_vllm,
+    mark_policy_stale,
+    policy_syncs,
+    vllm_max_model_len,
+)
 from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,12 @@
 
 from .base import Group, Reference, ReferenceEstimator
 from .majority import MajorityEstimator
-from .prompts import MATH_SYNTHESIS_PROMPT, build_synthesis_prompt, format_responses, unified_section
+from .prompts import (
+    MATH_SYNTHESIS_PROMPT,
+    build_synthesis_prompt,
+    format_responses,
+    unified_section,
+)
 from .selection import (
     SELF_BON_PROMPT,
     MinPPLEstimator,

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..answers import extract_boxed
 from ..engines.base import Conversation, Engine, SamplingSettings
+from ..messages import question_text
 from .base import Group, Reference, ReferenceEstimator
 from .synthesis import SynthesisEstimator, water_fill
 
@@ -71,13 +72,6 @@ def parse_choice(text: str | None, num_candidates: int, *, strict: bool = False)
         return None
     k = int(candidates[-1])
     return k - 1 if 1 <= k <= num_candidates else None
-
-
-def _prompt_text(prompt: Conversation | str) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    users = [str(m.get("content", "")) for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else ""
 
 
 def _as_conversation(prompt: Conversation | str) -> Conversation:
@@ -135,7 +129,7 @@ class SelfBoNEstimator(SynthesisEstimator):
 
     def estimate(self, groups: list[Group]) -> list[Reference]:
         if self.include_question:  # selection reads the question; fall back to the prompt's text when not given
-            groups = [g if g.question is not None else replace(g, question=_prompt_text(g.prompt)) for g in groups]
+            groups = [g if g.question is not None else replace(g, question=question_text(g.prompt)) for g in groups]
         _, truncated, outputs = self._run_anchor(groups)
         references = []
         for group, n_truncated, out in zip(groups, truncated, outputs):

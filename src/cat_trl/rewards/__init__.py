@@ -7,7 +7,12 @@
 """
 
 from .group import CaTSynthesisMathReward
-from .rubric import AsyncCaTRubricReward, CaTRubricReward, JudgeEquivalenceReward, PhysicianRubricReward
+from .rubric import (
+    AsyncCaTRubricReward,
+    CaTRubricReward,
+    JudgeEquivalenceReward,
+    PhysicianRubricReward,
+)
 from .verifiable import CaTMathReward
 
 #: ready-made instance for `reward_funcs=["cat_trl.rewards.cat_math_reward"]`

@@ -17,7 +17,7 @@ import json
 import time
 from typing import Any
 
-from ..grouping import completion_text
+from ..messages import completion_text
 from ..rubrics.judge import Judge, JudgeItem
 from ..rubrics.prompts import EQUIVALENCE_PROMPT
 
@@ -149,7 +149,7 @@ class PhysicianRubricReward:
 
     def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list | None = None,
                  log_metric=None, **kwargs: Any) -> list[float | None]:
-        from ..evaluation.healthbench import RubricItem, example_score
+        from ..evaluation.healthbench_grader import RubricItem, example_score
 
         column = kwargs.get(GOLD_RUBRICS_COLUMN)
         if column is None:

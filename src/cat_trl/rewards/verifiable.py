@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..answers import AnswerMatcher
-from ..extraction import get_extractor
-from ..grouping import completion_text
+from ..answers import AnswerMatcher, get_extractor
+from ..messages import completion_text
 
 
 class CaTMathReward:

@@ -16,6 +16,8 @@ Placeholders are replaced literally: `{responses}`, `{reference}`, `{conversatio
 
 from __future__ import annotations
 
+from ..messages import content_text
+
 FREEFORM_SYNTHESIS_PROMPT = """Below are several independent responses to the same conversation. Combine them into one comprehensive, unified response.
 
 {responses}
@@ -79,10 +81,7 @@ def render_conversation(conversation) -> str:
         return conversation
     parts = []
     for message in conversation:
-        content = message.get("content", "")
-        if isinstance(content, list):
-            content = "".join(b.get("text") or "" for b in content if isinstance(b, dict))
-        parts.append(f"{message.get('role', 'user')}: {content or ''}")
+        parts.append(f"{message.get('role', 'user')}: {content_text(message.get('content'))}")
     return "\n\n".join(parts)
 
 

@@ -8,7 +8,13 @@ from typing import Any
 from ..engines.base import Engine, SamplingSettings
 from ..estimators.base import Group, Reference, ReferenceEstimator
 from .parse import ParsedRubric, parse_rubric
-from .prompts import RUBRIC_CONVERSATION_BLOCK, RUBRIC_PROMPT, fill, render_conversation, validate_placeholders
+from .prompts import (
+    RUBRIC_CONVERSATION_BLOCK,
+    RUBRIC_PROMPT,
+    fill,
+    render_conversation,
+    validate_placeholders,
+)
 
 
 class RubricProposer:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .evaluation.testtime import METHODS
+from ..evaluation.testtime import METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ class EvalConfig:
     run_name: str | None = None
 
     def validate(self) -> None:
-        from .answers import MATCH_MODES
-        from .extraction import EXTRACTIONS
+        from ..answers import EXTRACTIONS, MATCH_MODES
 
         gs = self.num_generations
         if not isinstance(gs, list) or not gs or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1
@@ -99,7 +98,7 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
         listed = [m for m in ("synthesis", "synthesis_with_question") if m in self.methods]
         if self.synthesis_prompt is not None and listed:
-            from .estimators.prompts import QUESTION, validate_template
+            from ..estimators.prompts import QUESTION, validate_template
 
             # One prompt serves both variants: it needs {responses}, and question-blind synthesis must not get
             # {question} (synthesis_with_question prepends the question when the prompt has no slot for it).
@@ -112,7 +111,7 @@ class EvalConfig:
                 )
 
     def sampling(self):
-        from .engines.base import SamplingSettings
+        from ..engines.base import SamplingSettings
 
         return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                                 top_k=self.top_k, min_p=self.min_p, seed=self.seed)
@@ -120,8 +119,7 @@ class EvalConfig:
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> tuple[EvalConfig, Any]:
     """(EvalConfig, CaTScriptArguments) from a flat YAML plus `--key value` overrides (values parsed as YAML)."""
-    from .script_args import CaTScriptArguments
-
+    from ..script_args import CaTScriptArguments
     from .recipe import load_mapping
 
     raw = load_mapping(path, "eval config")
@@ -163,7 +161,7 @@ def _device(config: EvalConfig) -> str:
 def _rows(script_args, open_ended: bool) -> list[dict[str, Any]]:
     import json
 
-    from .data import load_train_dataset
+    from ..data import load_train_dataset
 
     dataset = load_train_dataset(script_args)
     rows = []
@@ -185,23 +183,23 @@ def _rows(script_args, open_ended: bool) -> list[dict[str, Any]]:
 
 
 def _scorer(config: EvalConfig, open_ended: bool, matcher, extract):
-    from .evaluation.testtime import AnswerScorer, RubricGraderScorer
+    from ..evaluation.testtime import AnswerScorer, RubricGraderScorer
 
     if not open_ended:
         return AnswerScorer(matcher, extract)
-    from .evaluation.healthbench import HealthBenchGrader
+    from ..evaluation.healthbench_grader import HealthBenchGrader
 
     if config.grader_base_url:
         if not config.grader_model:
             raise ValueError("grader_base_url needs grader_model (the served grader name, e.g. gpt-4o-2024-08-06)")
-        from .engines.openai_engine import OpenAIEngine
+        from ..engines.openai_engine import OpenAIEngine
 
         engine = OpenAIEngine(config.grader_base_url, config.grader_model, api_key_env=config.grader_api_key_env,
                               max_concurrency=config.grader_concurrency)
         engine.check()  # an unreachable grader fails now, before any rollout is sampled
     elif config.grader_local:
-        from .engines.transformers_engine import TransformersEngine
-        from .models import resolve_model_path
+        from ..engines.transformers_engine import TransformersEngine
+        from ..models import resolve_model_path
 
         engine = TransformersEngine.from_pretrained(resolve_model_path(config.grader_local), device=_device(config),
                                                     batch_size=config.batch_size)
@@ -219,17 +217,15 @@ def run(config: EvalConfig, script_args) -> dict[str, Any]:
     """Everything but the CLI: validate, load data, sample the pool, evaluate, write reports. Returns the result."""
     from dataclasses import replace
 
-    from .answers import AnswerMatcher
-    from .data import resolve_format
-    from .engines.transformers_engine import TransformersEngine
-    from .estimators.prompts import MATH_SYNTHESIS_PROMPT
-    from .evaluation.report import write_reports
-    from .evaluation.testtime import build_methods, evaluate_pool, sample_pool
-    from .extraction import get_extractor
-    from .healthbench_eval import _strip_thinking
-    from .models import resolve_model_path
-    from .rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT
-
+    from ..answers import AnswerMatcher, get_extractor
+    from ..data import resolve_format
+    from ..engines.transformers_engine import TransformersEngine
+    from ..estimators.prompts import MATH_SYNTHESIS_PROMPT
+    from ..evaluation.report import write_reports
+    from ..evaluation.testtime import build_methods, evaluate_pool, sample_pool
+    from ..models import resolve_model_path
+    from ..rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT
+    from ..messages import strip_thinking
     from .recipe import check_model_source
 
     try:  # everything that can be wrong with the config or the data surfaces here, before any model loads
@@ -252,7 +248,7 @@ def run(config: EvalConfig, script_args) -> dict[str, Any]:
     start = time.perf_counter()
     items = sample_pool(engine, rows, max(gs), sampling, chat_template_kwargs=config.chat_template_kwargs,
                         questions_per_call=config.questions_per_call, progress=config.progress,
-                        postprocess=_strip_thinking)
+                        postprocess=strip_thinking)
     pool_seconds = time.perf_counter() - start
     anchor = replace(sampling, max_new_tokens=config.anchor_max_new_tokens or config.max_new_tokens,
                      temperature=config.temperature if config.anchor_temperature is None else config.anchor_temperature)
@@ -325,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        from .script_args import CaTScriptArguments
+        from ..script_args import CaTScriptArguments
 
         print("settings (defaults):")
         for f in fields(EvalConfig):

@@ -1,10 +1,5 @@
-"""Verifiable final answers: `\\boxed{}` extraction, normalisation, equivalence, clustering.
-
-This is the layer under the CaT math reward (a rollout scores 1 when its final boxed answer matches the final boxed
-answer of the synthesised reference), under majority voting and under evaluation against gold answers. It runs on
-every completion of every GRPO step, so everything here is cheap on the common path and never raises or hangs on
-malformed model output.
-"""
+"""Whether two final answers are the same answer: `AnswerMatcher` (string keys, or symmetric math-verify with safe
+timeouts, off the main thread in a helper process)."""
 
 from __future__ import annotations
 
@@ -19,196 +14,11 @@ import sys
 import threading
 from collections import Counter
 
+from .normalise import normalize_answer
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["AnswerMatcher", "cluster_answers", "extract_boxed", "majority_answer", "normalize_answer"]
+logger = logging.getLogger("cat_trl.answers")
 
 MATCH_MODES = ("string", "equivalent")
-
-# --------------------------------------------------------------------------------------------------------------------
-# Extraction
-# --------------------------------------------------------------------------------------------------------------------
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-# A backslash escape is consumed as one unit, so `\{`/`\}` never count as braces while `\\}` still closes a group.
-_BRACE_RE = re.compile(r"\\.|[{}]", re.DOTALL)
-_TOKEN_RE = re.compile(r"[^\s$]+")
-
-
-#: a brace-less `\boxed 5` argument: a number, a LaTeX command or a single letter. Anything else (`\boxed as
-#: requested`, `\boxed.`) is prose *about* boxing, not a box: it is skipped, never read as an answer.
-_BARE_ARG_RE = re.compile(r"[-+]?(?:\d|\\[A-Za-z]|[A-Za-z](?![A-Za-z]))")
-
-
-def last_box(text) -> tuple[str, str | None]:
-    """("ok", content) for the last `\\boxed{...}` / `\\fbox{...}` / `\\boxed 5`; ("malformed", None) when that last
-    box is unclosed or empty; ("none", None) when the text has no box at all. Mentions of `\\boxed` without an
-    argument (prose such as "I put it in \\boxed as requested") are not boxes and are skipped."""
-    if not isinstance(text, str):
-        return "none", None
-    for box in reversed(list(_BOX_RE.finditer(text))):
-        pos = box.end()
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        if pos < len(text) and text[pos] == "{":
-            depth = 0
-            for m in _BRACE_RE.finditer(text, pos):
-                tok = m.group()
-                if tok == "{":
-                    depth += 1
-                elif tok == "}":
-                    depth -= 1
-                    if depth == 0:
-                        content = text[pos + 1 : m.start()].strip()
-                        return ("ok", content) if content else ("malformed", None)
-            return "malformed", None  # unclosed: cut off mid-answer
-        if (pos > box.end() or text[pos : pos + 1].isdigit()) and _BARE_ARG_RE.match(text, pos):  # `\boxed5`
-            token = _TOKEN_RE.match(text, pos)
-            return "ok", token.group().rstrip(".,;")
-    return "none", None
-
-
-def extract_boxed(text) -> str | None:
-    """Content of the last `\\boxed{...}` / `\\fbox{...}` in `text`, or None.
-
-    Braces are balanced (`\\boxed{\\frac{1}{2}}` gives `\\frac{1}{2}`); the brace-less `\\boxed 5` form yields the
-    token up to the next whitespace or `$`. Only the last box counts: models restate and correct themselves, and the
-    paper's reward reads the final answer. An unclosed or empty last box gives None rather than falling back to an
-    earlier one, which would reward an answer the model moved away from. A prose mention of `\\boxed` with no
-    argument is not a box (see `last_box`). Regex scans only, so cost is linear.
-    """
-    return last_box(text)[1]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# String normalisation
-# --------------------------------------------------------------------------------------------------------------------
-
-_LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)(?![A-Za-z])")
-# `\\` (a row break) is consumed as a unit and kept, so its second backslash is never read as the start of `\ `.
-_SPACING_RE = re.compile(r"\\\\|\\[!,;:]|\\ |\\(?:displaystyle|q?quad)(?![A-Za-z])")
-_NEG_SPACE_RE = re.compile(r"(?<!\\)\\!")  # `\!` (negative thin space, `10,\!080`) separates nothing: dropped
-_THIN_THOUSANDS_RE = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")  # `10\,000`: a thin space used as thousands separator
-_FRAC_VARIANT_RE = re.compile(r"\\[dt]frac(?![A-Za-z])")
-_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|°")
-_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{")
-_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
-_WHITESPACE_RE = re.compile(r"\s+")
-_ASSIGN_RE = re.compile(r"^[A-Za-z]=(?!=)")
-_LEADING_DOT_RE = re.compile(r"(?<![0-9A-Za-z}\)\]])\.(?=\d)")
-_FRAC_ARG = r"(\{[^{}]*\}|[0-9A-Za-z])"
-_FRAC_RE = re.compile(r"\\frac" + _FRAC_ARG + _FRAC_ARG)
-_SQRT_RE = re.compile(r"\\sqrt([0-9A-Za-z])")
-_LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)\{,\}(?=\d)")
-_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-
-
-def _braced(arg: str) -> str:
-    return arg if arg.startswith("{") else "{" + arg + "}"
-
-
-def _unwrap_text(s: str) -> str:
-    """`\\text{...}` (and `\\textbf`, `\\mathrm`, ...) replaced by its content, nested ones too, in one pass with a
-    stack of open braces: linear in the input, whatever the nesting depth. Unbalanced braces are kept as they are."""
-    out: list[str] = []
-    stack: list[bool] = []  # per open brace: True when it opened a text wrapper (its `}` is dropped)
-    pos = 0
-    while pos < len(s):
-        wrapper = _TEXT_CMD_RE.match(s, pos) if s.startswith("\\", pos) else None
-        if wrapper is not None:
-            stack.append(True)
-            pos = wrapper.end()
-            continue
-        token = _BRACE_TOKEN_RE.match(s, pos)
-        if token is None:
-            out.append(s[pos])
-            pos += 1
-            continue
-        text = token.group()
-        if text == "{":
-            stack.append(False)
-        elif text == "}" and stack:
-            if stack.pop():
-                pos += 1
-                continue
-        out.append(text)
-        pos = token.end()
-    return "".join(out)
-
-
-def _strip_outer_braces(s: str) -> str:
-    """`{{x}}` -> `x`, `{1}{2}` unchanged: one pass matching braces, then peel matched outer pairs (linear)."""
-    if not (s.startswith("{") and s.endswith("}")):
-        return s
-    match: dict[int, int] = {}
-    opened: list[int] = []
-    for token in _BRACE_TOKEN_RE.finditer(s):
-        if token.group() == "{":
-            opened.append(token.start())
-        elif token.group() == "}" and opened:
-            match[opened.pop()] = token.start()
-    i, j = 0, len(s) - 1
-    while i < j and s[i] == "{" and match.get(i) == j:
-        i, j = i + 1, j - 1
-    return s[i : j + 1]
-
-
-@functools.lru_cache(maxsize=65536)
-def _normalize(s: str) -> str:
-    s = s.strip()
-    s = _LEFT_RIGHT_RE.sub("", s)
-    s = _THIN_THOUSANDS_RE.sub("", s)
-    s = _NEG_SPACE_RE.sub("", s)
-    # Spacing commands become a space (not nothing): `3 \quad 4` must not turn into `34`.
-    s = _SPACING_RE.sub(lambda m: m.group() if m.group() == "\\\\" else " ", s)
-    s = _FRAC_VARIANT_RE.sub(r"\\frac", s)
-    s = _DEGREE_RE.sub("", s)
-    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
-    s = _unwrap_text(s)
-    # A comma followed by a space separates items (`1, 234` is a pair), so only unspaced groups are thousands.
-    spaced_comma = bool(re.search(r",\s", s))
-    # whitespace goes, except one space keeping two numbers side by side apart
-    s = _WHITESPACE_RE.sub(lambda m: " " if _between_digits(m, s) else "", s)
-    s = s.rstrip(".")
-    if _ASSIGN_RE.match(s) and s.count("=") == 1:
-        s = s[2:]
-    s = _strip_outer_braces(s)
-    s = _LEADING_DOT_RE.sub("0.", s)
-    s = _FRAC_RE.sub(lambda m: "\\frac" + _braced(m.group(1)) + _braced(m.group(2)), s)
-    s = _SQRT_RE.sub(r"\\sqrt{\1}", s)
-    s = _LATEX_THOUSANDS_RE.sub(",", s)
-    if not spaced_comma and _THOUSANDS_RE.fullmatch(s):
-        s = s.replace(",", "")
-    return s
-
-
-def _between_digits(m: re.Match, s: str) -> bool:
-    return 0 < m.start() and m.end() < len(s) and s[m.start() - 1].isdigit() and s[m.end()].isdigit()
-
-
-def normalize_answer(answer: str) -> str:
-    """Conservative Hendrycks-MATH-style (`strip_string`) normalisation: the paper's `string` match mode.
-
-    Exactly what it does, in order (this is more than the paper's plain string match, and README lists it too):
-    drops `\\left`/`\\right`; removes `\\,` used as a thousands separator (`10\\,000`); turns spacing commands
-    (`\\,` `\\;` `\\:` `\\ ` `\\quad` `\\qquad` `\\displaystyle`) into a space and drops `\\!`; `\\dfrac`/`\\tfrac` ->
-    `\\frac`; drops degree marks, `$`, `\\$`, `%`, `\\%`; unwraps `\\text{}`-like wrappers; removes whitespace
-    except one space between two digits (`3 \\quad 4` stays two numbers); drops trailing dots, a leading
-    single-letter `x =`, and matched outer braces; `.5` -> `0.5`; `\\frac12` -> `\\frac{1}{2}`; `\\sqrt2` ->
-    `\\sqrt{2}`; `1{,}000` / `1,000` -> `1000` only when no comma in the answer is followed by a space (`1, 234` is
-    a pair). It never rewrites values (`0.5` stays `0.5`, `1/2` stays `1/2`) and keeps `\\\\` row breaks:
-    value-level equivalence is the job of the `equivalent` mode. Linear time on any input (no nested rescans),
-    deterministic, cached, and never raises (non-strings give "", an internal error gives the stripped input).
-    """
-    if not isinstance(answer, str):
-        return ""
-    try:
-        return _normalize(answer)
-    except Exception:  # pragma: no cover - defensive: the reward path must not raise
-        logger.debug("normalize_answer failed on %r", answer, exc_info=True)
-        return answer.strip()
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # math-verify equivalence (runs in whichever process owns the main thread doing the check)
@@ -425,7 +235,7 @@ def _equivalent(a: str, b: str, timeout: float | None) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 _WORKER_START_TIMEOUT = 120.0
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _worker_deadline(timeout: float) -> float:
@@ -469,7 +279,7 @@ class _Worker:
         self.conn = parent
         code = (
             "import sys; r = sys.argv[2]; r in sys.path or sys.path.insert(0, r); "
-            "from cat_trl.answers import _worker_main; _worker_main(int(sys.argv[1]))"
+            "from cat_trl.answers.match import _worker_main; _worker_main(int(sys.argv[1]))"
         )
         try:
             self.process = subprocess.Popen(
@@ -635,44 +445,3 @@ class AnswerMatcher:
             self.close_worker()
         except Exception:
             pass
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Clustering and majority vote
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def cluster_answers(answers: list[str | None], matcher: AnswerMatcher) -> list[list[int]]:
-    """Indices of answers grouped into equivalence classes, ordered by first occurrence.
-
-    Each answer joins the first cluster whose representative (first member) it matches. A dict on `matcher.key`
-    comes first, so string-equal answers never reach math-verify and `string` mode is a single pass. None answers,
-    and answers that normalise to "", belong to no cluster.
-    """
-    clusters: list[list[int]] = []
-    by_key: dict[str, int] = {}
-    for i, answer in enumerate(answers):
-        k = matcher.key(answer)
-        if not k:
-            continue
-        c = by_key.get(k)
-        if c is None and matcher.mode != "string":
-            c = next((j for j, cl in enumerate(clusters) if matcher.match(answers[cl[0]], answer)), None)
-        if c is None:
-            c = len(clusters)
-            clusters.append([])
-        clusters[c].append(i)
-        by_key[k] = c
-    return clusters
-
-
-def majority_answer(
-    answers: list[str | None], matcher: AnswerMatcher
-) -> tuple[str | None, int, list[list[int]]]:
-    """(representative of the largest cluster, its size, all clusters). Ties go to the cluster seen first, so the
-    vote is deterministic given the rollout order. No answers at all gives (None, 0, [])."""
-    clusters = cluster_answers(answers, matcher)
-    if not clusters:
-        return None, 0, []
-    best = max(clusters, key=len)  # `max` keeps the first of equal sizes: earliest first occurrence wins
-    return answers[best[0]], len(best), clusters

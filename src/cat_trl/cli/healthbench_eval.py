@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 
-from .data.healthbench import HEALTHBENCH_HUB_ID, read_healthbench, split_healthbench
-from .engines.base import SamplingSettings
+from ..data.healthbench import HEALTHBENCH_HUB_ID, read_healthbench, split_healthbench
+from ..engines.base import SamplingSettings
+from ..messages import strip_thinking
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,14 +82,6 @@ def _device(args) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-_THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
-
-
-def _strip_thinking(text: str) -> str:
-    """The graded response is the answer, not a reasoning trace (HealthBench grades what the user sees)."""
-    return _THINK.sub("", text).strip()
-
-
 def _responses(args, examples: list[dict]) -> list[str]:
     if args.responses:
         with open(args.responses) as f:
@@ -100,12 +92,12 @@ def _responses(args, examples: list[dict]) -> list[str]:
         return [given[str(e["prompt_id"])] for e in examples]
     sampling = SamplingSettings(max_new_tokens=args.policy_max_new_tokens, temperature=args.policy_temperature)
     if args.policy_base_url:
-        from .engines.openai_engine import OpenAIEngine
+        from ..engines.openai_engine import OpenAIEngine
 
         engine = OpenAIEngine(args.policy_base_url, args.policy, max_concurrency=args.grader_concurrency)
     else:
-        from .engines.transformers_engine import TransformersEngine
-        from .models import resolve_model_path
+        from ..engines.transformers_engine import TransformersEngine
+        from ..models import resolve_model_path
 
         engine = TransformersEngine.from_pretrained(resolve_model_path(args.policy), device=_device(args),
                                                     batch_size=args.policy_batch_size)
@@ -115,23 +107,27 @@ def _responses(args, examples: list[dict]) -> list[str]:
         if args.system_prompt and conv[0]["role"] != "system":
             conv.insert(0, {"role": "system", "content": args.system_prompt})
         conversations.append(conv)
-    return [_strip_thinking(g.text) for g in engine.generate(conversations, sampling, args.chat_template_kwargs)]
+    return [strip_thinking(g.text) for g in engine.generate(conversations, sampling, args.chat_template_kwargs)]
 
 
 def _grader(args):
-    from .evaluation.healthbench import GRADER_PROMPT, GRADER_SAMPLING, HealthBenchGrader
+    from ..evaluation.healthbench_grader import (
+        GRADER_PROMPT,
+        GRADER_SAMPLING,
+        HealthBenchGrader,
+    )
 
     if args.grader_base_url:
         if not args.grader_model:
             raise ValueError("--grader-base-url needs --grader-model (the served grader name, e.g. gpt-4o-2024-08-06)")
-        from .engines.openai_engine import OpenAIEngine
+        from ..engines.openai_engine import OpenAIEngine
 
         engine = OpenAIEngine(args.grader_base_url, args.grader_model, api_key_env=args.grader_api_key_env,
                               max_concurrency=args.grader_concurrency)
         engine.check()  # an unreachable grader fails now, not after every response was generated
     else:
-        from .engines.transformers_engine import TransformersEngine
-        from .models import resolve_model_path
+        from ..engines.transformers_engine import TransformersEngine
+        from ..models import resolve_model_path
 
         engine = TransformersEngine.from_pretrained(resolve_model_path(args.grader_local), device=_device(args),
                                                     batch_size=args.grader_batch_size)
@@ -148,7 +144,7 @@ def _grader(args):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .engines.openai_engine import EngineError
+    from ..engines.openai_engine import EngineError
 
     try:
         examples = _examples(args)  # data problems fail before any model loads
@@ -157,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, EngineError) as err:
         print(f"cat-trl healthbench-eval: {err}", file=sys.stderr)
         return 2
-    from .evaluation.healthbench import format_score
+    from ..evaluation.healthbench_grader import format_score
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     responses_path = os.path.splitext(args.output)[0] + ".responses.jsonl"

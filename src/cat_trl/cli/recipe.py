@@ -44,8 +44,8 @@ def load_mapping(path: str, what: str = "recipe") -> dict[str, Any]:
 def check_model_source(name_or_path: str, what: str = "model_name_or_path") -> None:
     """Refuse, before loading, a model that cannot load here: a missing local path, a directory without
     `config.json`, or (offline) a hub id that is not in the local Hugging Face cache."""
-    from .data.generic import looks_like_local_path
-    from .models import is_embedded_alias
+    from ..data.generic import looks_like_local_path
+    from ..models import is_embedded_alias
 
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise RecipeError(f"{what} is empty")

@@ -1,6 +1,6 @@
 """CaT-RL entry point (open-r1 style: thin script, everything in the YAML recipe).
 
-    accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m cat_trl.train --config yaml/X.yaml
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m cat_trl.cli.train --config yaml/X.yaml
     cat-trl train yaml/X.yaml [--key value ...]
 
 Order matters: arguments are parsed and checked, and the dataset is built and checked, *before* any model loads, so
@@ -21,8 +21,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from transformers import TrainerCallback  # noqa: E402
 from trl import ModelConfig, TrlParser, get_peft_config  # noqa: E402
 
-from .config import CaTGRPOConfig  # noqa: E402
-from .script_args import CaTScriptArguments  # noqa: E402
+from ..config import CaTGRPOConfig  # noqa: E402
+from ..script_args import CaTScriptArguments  # noqa: E402
 
 logger = logging.getLogger("cat_trl")
 
@@ -148,9 +148,9 @@ def check_lengths(args: CaTGRPOConfig, model_path: str, dataset) -> None:
     otherwise reach the first generation and try to allocate hundreds of GB."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from .anchor import anchor_sampling
-    from .engines.base import Engine, TokenizerBudget
-    from .estimators import SynthesisEstimator
+    from ..anchor import anchor_sampling
+    from ..engines.base import Engine, TokenizerBudget
+    from ..estimators import SynthesisEstimator
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     config = AutoConfig.from_pretrained(model_path)
@@ -222,10 +222,10 @@ def summarize(log_history: list[dict], window: int = 3) -> dict[str, dict[str, f
 
 
 def run(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_args: ModelConfig):
-    from .data import load_train_dataset
-    from .models import resolve_model_path
+    from ..data import load_train_dataset
+    from ..models import resolve_model_path
+    from ..trainer import CaTGRPOTrainer
     from .recipe import RecipeError, check_model_source
-    from .trainer import CaTGRPOTrainer
 
     try:
         dataset = load_train_dataset(script_args)

@@ -10,7 +10,7 @@ USAGE = """usage: cat-trl <command> ...
 commands:
   train CONFIG.yaml [--key value ...]
           CaT-RL (GRPO with anchor-synthesized references). Same as
-          `accelerate launch -m cat_trl.train --config CONFIG.yaml [--key value ...]`.
+          `accelerate launch -m cat_trl.cli.train --config CONFIG.yaml [--key value ...]`.
   eval CONFIG.yaml [--key value ...]
           Test-time CaT vs Single / Majority / Self-BoN / min-PPL / mutual predictability on one pool of rollouts:
           accuracy vs G, synthesis-vs-selection analyses, costs -> JSON, Markdown and PNG.
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return train_main(["--config", rest[0], *rest[1:]])
     if command == "eval":
-        from .evaluate import main as eval_main
+        from .eval import main as eval_main
 
         return eval_main(rest)
     if command == "sweep":
