@@ -244,7 +244,8 @@ def test_healthbench_eval_unreachable_grader_fails_first(tmp_path, capsys):
 
 
 def test_holdout_from_training_file_and_thinking_stripped(tmp_path):
-    from cat_trl.cli.healthbench_eval import _examples, _parser, _strip_thinking
+    from cat_trl.cli.healthbench_eval import _examples, _parser
+    from cat_trl.messages import strip_thinking as _strip_thinking
 
     subset = tmp_path / "hard.jsonl"
     subset.write_text("".join(line + "\n" for line in FIXTURE.read_text().splitlines()[:3]))
