@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from cat_trl.answers import (
+    AnswerMatcher,
+    cluster_answers,
+    extract_boxed,
+    majority_answer,
+    normalize_answer,
+)
 from cat_trl.answers import match as answers
-from cat_trl.answers import AnswerMatcher, cluster_answers, extract_boxed, majority_answer, normalize_answer
-
 
 MATH500 = Path(__file__).resolve().parents[1].parent / "shared/data/math500.jsonl"
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import pytest
-import yaml
-from pathlib import Path
 from datasets import Dataset
 from trl import GRPOConfig
 
+import yaml
 from cat_trl import cli
-from cat_trl.anchor import resolve_anchor_weights
 from cat_trl.config import CaTGRPOConfig
+from cat_trl.engines.anchor_weights import resolve_anchor_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 from cat_trl.cli.train import ConfigError, check_recipe, main, parse_args

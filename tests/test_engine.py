@@ -13,7 +13,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cat_trl.engines import TRUNCATION_MARK, Engine, Generation, SamplingSettings, TransformersEngine
+from cat_trl.engines import (
+    TRUNCATION_MARK,
+    Engine,
+    Generation,
+    SamplingSettings,
+    TransformersEngine,
+)
 
 GREEDY = SamplingSettings(max_new_tokens=8, temperature=0.0)
 

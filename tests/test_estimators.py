@@ -13,7 +13,13 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cat_trl.answers import AnswerMatcher
-from cat_trl.engines import TRUNCATION_MARK, Engine, Generation, SamplingSettings, TransformersEngine
+from cat_trl.engines import (
+    TRUNCATION_MARK,
+    Engine,
+    Generation,
+    SamplingSettings,
+    TransformersEngine,
+)
 from cat_trl.estimators import (
     MATH_SYNTHESIS_PROMPT,
     Group,

@@ -12,6 +12,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
+from cat_trl.callbacks import read_group_rows
 from cat_trl.estimators import build_synthesis_prompt
 from cat_trl.estimators.prompts import MATH_SYNTHESIS_PROMPT
 
@@ -44,7 +45,7 @@ def test_two_process_split_groups(tmp_path, tiny_model_path, repo_root):
     proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
-    rows = [json.loads(line) for line in (out / "cat_groups.jsonl").read_text().splitlines()]
+    rows = read_group_rows(str(out))
     assert len(rows) == 6  # 2 steps x 3 groups, written once (main process)
     assert {r["estimated_on_rank"] for r in rows} == {0, 1}, "groups were not shared out over both ranks"
     for row in rows:

@@ -14,7 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cat_trl.engines import SamplingSettings
-from cat_trl.engines.openai_engine import EngineError, EngineUnavailableError, OpenAIEngine
+from cat_trl.engines.openai_engine import (
+    EngineError,
+    EngineUnavailableError,
+    OpenAIEngine,
+)
 from cat_trl.rubrics import Judge, JudgeItem
 
 GREEDY = SamplingSettings(max_new_tokens=12, temperature=0.0)

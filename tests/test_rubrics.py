@@ -9,7 +9,11 @@ import torch
 
 from cat_trl.engines import SamplingSettings, TransformersEngine
 from cat_trl.estimators import Group, Reference
-from cat_trl.rewards import CaTRubricReward, JudgeEquivalenceReward, PhysicianRubricReward
+from cat_trl.rewards import (
+    CaTRubricReward,
+    JudgeEquivalenceReward,
+    PhysicianRubricReward,
+)
 from cat_trl.rubrics import (
     RUBRIC_PROMPT,
     Judge,

@@ -6,9 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from cat_trl.cli.sweep import SweepError, derive_batch, load_sweep, local_commands, wandb_definition
+import yaml
+from cat_trl.cli.sweep import (
+    SweepError,
+    derive_batch,
+    load_sweep,
+    local_commands,
+    wandb_definition,
+)
 from cat_trl.cli.train import apply_prompts_per_step, parse_args
 
 REPO = Path(__file__).resolve().parents[1]

@@ -50,8 +50,9 @@ def _dataset(n: int = 8, fewshot: int = 0) -> Dataset:
 
 
 def _rows(trainer) -> list[dict]:
-    path = Path(trainer.args.output_dir) / "cat_groups.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    from cat_trl.callbacks import read_group_rows
+
+    return read_group_rows(trainer.args.output_dir)
 
 
 def test_calculate_rewards_signature_is_the_one_we_override():
@@ -312,11 +313,11 @@ def test_loader_gold_column_is_hidden_even_when_cat_gold_column_is_renamed(tmp_p
 
 
 def test_resume_forgets_group_rows_written_after_the_checkpoint(tmp_path):
-    from cat_trl.trainer import _drop_rows_after
+    from cat_trl.callbacks import GroupLog
 
     path = tmp_path / "cat_groups.jsonl"
     path.write_text("".join(json.dumps({"step": s, "group": 0}) + "\n" for s in (0, 1, 2, 3)) + '{"step": 4, "gr')
-    _drop_rows_after(str(path), 2)
+    GroupLog(str(tmp_path)).drop_after(2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1]
 
 
@@ -348,3 +349,31 @@ def test_selection_estimators_as_rl_references(tmp_path, tiny_model_path, estima
         if estimator == "self_bon":
             assert row["reference"] == row["completions"][1]
     assert sorted(refs, key=str) == sorted((row["reference"] for row in rows for _ in row["completions"]), key=str)
+
+
+def test_group_log_stores_the_anchor_prompt_once_and_restores_it(tmp_path):
+    """Rows keep the template's hash (template written once), the rollouts only when the anchor saw them truncated,
+    and the prompt's sha256; `read_group_rows` restores the exact prompt and refuses one that does not match."""
+    import hashlib
+
+    from cat_trl.callbacks import GroupLog, read_group_rows
+    from cat_trl.estimators.prompts import MATH_SYNTHESIS_PROMPT
+
+    completions = ["first \\boxed{1}", "second " * 400 + "\\boxed{2}"]
+    seen = [completions[0], "second second [...]"]  # as if water-filling had cut the second rollout
+    rows = []
+    for g, rollouts in enumerate((completions, seen)):
+        prompt = build_synthesis_prompt(MATH_SYNTHESIS_PROMPT, rollouts)
+        rows.append({"step": 0, "group": g, "prompt": "Q?", "completions": completions,
+                     "_anchor": (MATH_SYNTHESIS_PROMPT, rollouts, False, hashlib.sha256(prompt.encode()).hexdigest())})
+    GroupLog(str(tmp_path)).append(rows)
+    stored = [json.loads(line) for line in (tmp_path / "cat_groups.jsonl").read_text().splitlines()]
+    assert all("anchor_prompt" not in r and MATH_SYNTHESIS_PROMPT[:40] not in json.dumps(r) for r in stored)
+    assert "anchor_rollouts" not in stored[0] and stored[1]["anchor_rollouts"] == seen
+    restored = read_group_rows(str(tmp_path))
+    assert restored[0]["anchor_prompt"] == build_synthesis_prompt(MATH_SYNTHESIS_PROMPT, completions)
+    assert restored[1]["anchor_prompt"] == build_synthesis_prompt(MATH_SYNTHESIS_PROMPT, seen)
+    stored[1]["anchor_rollouts"] = completions  # a tampered row no longer matches its recorded prompt
+    (tmp_path / "cat_groups.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stored))
+    with pytest.raises(ValueError, match="does not match its recorded sha256"):
+        read_group_rows(str(tmp_path))

@@ -101,3 +101,40 @@ def test_vllm_llm_kwargs_need_the_colocated_engine(tmp_path):
     args = CaTGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, use_vllm=True, vllm_mode="colocate",
                          cat_vllm_llm_kwargs='{"enforce_eager": true}')  # command line: JSON
     assert args.cat_vllm_llm_kwargs == {"enforce_eager": True}
+
+
+def test_grpo_trainer_internals_used_for_logging_and_rewards():
+    """`log_completion_column`, `log_trainer_metric`, `reward_weights`, `trainer_of_reward_call` read these."""
+    init = inspect.getsource(GRPOTrainer.__init__)
+    assert 'self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}' in init
+    assert "self.reward_weights = torch.tensor(args.reward_weights" in init
+    assert list(inspect.signature(GRPOTrainer._log_completion_extra).parameters) == ["self", "column", "values"]
+    assert 'reward_kwargs["log_metric"] = self._log_metric' in inspect.getsource(GRPOTrainer)
+
+
+def test_trl_generation_helpers_keep_their_signatures():
+    from trl.models.utils import unwrap_model_for_generation
+    from trl.trainer.utils import use_adapter
+
+    params = inspect.signature(unwrap_model_for_generation).parameters
+    assert {"model", "accelerator", "gather_deepspeed3_params", "gradient_checkpointing_kwargs"} <= set(params)
+    assert list(inspect.signature(use_adapter).parameters) == ["model", "adapter_name"]
+    assert trl_compat.use_adapter.__doc__ and trl_compat.unwrap_for_generation.__doc__
+
+
+def test_vllm_generation_internals_the_anchor_uses():
+    """The vLLM anchor gathers ZeRO-3 params with TRL's `_dist.gather_params`, keeps `_llm_weights_sleeping` truthful
+    and shares prompts over `tp_group` -- all set up by TRL's `VLLMGeneration`."""
+    from trl.distributed import DistributedBackend
+
+    init = inspect.getsource(VLLMGeneration.__init__)
+    assert "self._dist = DistributedBackend(accelerator)" in init
+    assert "gather_params" in DistributedBackend.__dict__
+    vllm_init = inspect.getsource(VLLMGeneration._init_vllm)
+    assert "self.tp_group" in vllm_init and "self._llm_weights_sleeping" in vllm_init
+    vg = VLLMGeneration.__new__(VLLMGeneration)
+    assert trl_compat.vllm_tp_group(vg) is None  # TP = 1: no group
+    with trl_compat.vllm_param_gather(vg)(["p"]):  # no backend: a no-op context
+        pass
+    trl_compat.set_weights_sleeping(vg, True)
+    assert vg._llm_weights_sleeping is True

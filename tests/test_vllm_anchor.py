@@ -279,8 +279,8 @@ def test_tensor_parallel_ranks_with_unequal_group_counts_get_their_own_outputs(m
 def test_auto_falls_back_to_transformers_where_the_vllm_anchor_cannot_stream_pi0(models, tmp_path):
     """FSDP with the reference model as pi_0: the vLLM anchor cannot stream per-module-gathered weights. `auto` logs
     and uses the transformers anchor (which still reproduces pi_0); an explicit `vllm` raises, naming the way out."""
-    from cat_trl.anchor import build_anchor_engine
     from cat_trl.engines.vllm_engine import VLLMAnchorUnsupported
+    from cat_trl.from_config import build_anchor_engine
 
     tokenizer, initial, policy, engine_model = models
 
@@ -300,9 +300,9 @@ def test_auto_falls_back_to_transformers_where_the_vllm_anchor_cannot_stream_pi0
     with pytest.raises(VLLMAnchorUnsupported, match="cat_anchor_engine: transformers"):
         build_anchor_engine(trainer(auto=False))
     t = trainer(auto=True)
-    engine, source = build_anchor_engine(t)
+    engine, source, kind = build_anchor_engine(t)
     assert isinstance(engine, TransformersEngine) and source == "ref_model"
-    assert t.args.cat_anchor_engine == "transformers"
+    assert kind == "transformers"
     assert [g.text for g in engine.generate(CONVERSATIONS, GREEDY)] == _pi0_text(initial, tokenizer)
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from cat_trl.callbacks import read_group_rows
+
 pytestmark = [
     pytest.mark.vllm,
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
@@ -152,7 +154,7 @@ def test_served_anchor_trains_with_references_from_the_vllm_server(vllm_server, 
     trainer.train()
     assert trainer.state.global_step == 1
     assert trainer.cat_engine.stats.extra["http_requests"] >= 2  # two groups synthesized by the server
-    rows = [json.loads(line) for line in (tmp_path / "out" / "cat_groups.jsonl").read_text().splitlines()]
+    rows = read_group_rows(str(tmp_path / "out"))
     assert len(rows) == 2
     for row in rows:  # the reference is exactly what the server answers (greedy) for the question-blind prompt
         assert row["prompt"] not in row["anchor_prompt"]

@@ -12,61 +12,41 @@ used only for the diagnostic metrics computed here.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import replace
-from typing import Any
 
 import torch
-from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from .anchor import build_anchor_engine, build_estimator, freeze_initial_adapter
 from .answers import AnswerMatcher, get_extractor
+from .callbacks import CaTLoggingCallback, GroupLog
 from .config import CaTGRPOConfig
 from .data import GOLD_COLUMN
 from .data.healthbench import GOLD_RUBRICS_COLUMN
+from .engines.anchor_weights import freeze_initial_adapter
 from .engines.base import Engine
 from .estimators.base import NoReference, ReferenceEstimator
+from .from_config import (
+    build_anchor_engine,
+    build_estimator,
+    build_judge,
+    build_judge_engine,
+    open_ended_rewards,
+)
 from .grouping import estimate_all, gather_all, gather_groups, local_references
-from .judging import build_judge, build_judge_engine, open_ended_rewards
 from .metrics import aggregate, analyse_group
 from .rewards.verifiable import CaTMathReward
-from .trl_compat import extra_vllm_llm_kwargs, install_weight_sync
+from .trl_compat import (
+    extra_vllm_llm_kwargs,
+    install_weight_sync,
+    log_completion_column,
+    log_trainer_metric,
+    reward_weights,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class _CycleClock(TrainerCallback):
-    """Marks the start of training so the first generation cycle's wall time (anchor share) is measurable."""
-
-    def __init__(self, trainer: CaTGRPOTrainer):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._cat_last_cycle = time.perf_counter()
-        if state.global_step > 0 and self.trainer.accelerator.is_main_process:
-            _drop_rows_after(os.path.join(args.output_dir, "cat_groups.jsonl"), state.global_step)
-
-
-def _drop_rows_after(path: str, step: int) -> None:
-    """On resume, forget the per-group rows written after the checkpoint: those steps are about to be redone."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
-    kept = []
-    for line in lines:
-        try:
-            if json.loads(line).get("step", 0) < step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the kill that forced the resume
-    with open(path, "w") as f:
-        f.writelines(kept)
 
 
 class CaTGRPOTrainer(GRPOTrainer):
@@ -121,10 +101,13 @@ class CaTGRPOTrainer(GRPOTrainer):
         self.cat_matcher = AnswerMatcher(args.cat_match, args.cat_match_timeout)
         self.cat_extract = get_extractor(args.cat_answer_extraction)
         self.cat_anchor_source = "n/a"
+        #: the anchor engine really used (`cat_anchor_engine: auto` may fall back from vllm to transformers)
+        self.cat_anchor_kind = args.cat_anchor_engine if anchor_engine is None else type(anchor_engine).__name__
         if estimator is None and args.cat_reward == "physician_rubric":
             estimator = NoReference()  # the oracle scores against physician rubrics: no anchor work at all
         if estimator is None and args.cat_estimator != "majority" and anchor_engine is None:
-            anchor_engine, self.cat_anchor_source = build_anchor_engine(self, anchor_model_name_or_path)
+            anchor_engine, self.cat_anchor_source, self.cat_anchor_kind = build_anchor_engine(
+                self, anchor_model_name_or_path)
         self.cat_engine = anchor_engine
         if self.cat_judge is not None and args.cat_judge_engine == "anchor":
             if anchor_engine is None:  # e.g. physician_rubric, which builds no anchor
@@ -140,8 +123,8 @@ class CaTGRPOTrainer(GRPOTrainer):
             widest = max(self.num_generations, self.num_generations_eval or 0)  # eval groups may be larger
             self.cat_budget = self.cat_estimator.check_budget(widest, args.max_completion_length)
         self._cat_last_cycle: float | None = None
-        self._cat_group_rows: list[dict[str, Any]] = []
-        self.add_callback(_CycleClock(self))
+        self.cat_group_log = GroupLog(args.output_dir)
+        self.add_callback(CaTLoggingCallback(self))
 
     # ------------------------------------------------------------------------------------------ rewards
 
@@ -170,7 +153,7 @@ class CaTGRPOTrainer(GRPOTrainer):
             {**{k: v for k, v in inp.items() if k not in hidden}, "cat_reference": ref.text, "cat_rubric": ref.rubric}
             for inp, ref in zip(inputs, local)
         ]
-        self._log_completion_extra("cat_reference_answer", [ref.answer for ref in local])
+        log_completion_column(self, "cat_reference_answer", [ref.answer for ref in local])
         rewards_per_func = super()._calculate_rewards(reward_inputs, prompts, completions, completion_ids_list)
 
         self._cat_diagnostics(mode, batch, references, inputs, gold_column, rewards_per_func, anchor_seconds,
@@ -212,10 +195,10 @@ class CaTGRPOTrainer(GRPOTrainer):
             after = self.cat_engine.stats.snapshot()
             metrics["anchor_completion_tokens"] = (after["completion_tokens"] - stats_before["completion_tokens"])
         for key, value in metrics.items():
-            self._metrics[mode][f"cat/{key}"].append(value)
+            log_trainer_metric(self, mode, f"cat/{key}", value)
 
         if self.args.cat_log_groups and self.accelerator.is_main_process:
-            total = rewards_per_func.nan_to_num(nan=0.0) * self.reward_weights.to(rewards_per_func.device)
+            total = rewards_per_func.nan_to_num(nan=0.0) * reward_weights(self).to(rewards_per_func.device)
             unscorable = torch.isnan(rewards_per_func).all(dim=1)
             total = total.sum(dim=1).masked_fill(unscorable, float("nan")).tolist()
             G, new_rows = batch.num_generations, []
@@ -236,32 +219,11 @@ class CaTGRPOTrainer(GRPOTrainer):
                     "rewards": [None if math.isnan(r) else r for r in total[g * G : (g + 1) * G]],
                     "truncated": d.truncated,
                     "estimated_on_rank": ref.diagnostics.get("rank"),
-                    "anchor_prompt": ref.diagnostics.get("anchor_prompt"),
                 }
+                if ref.diagnostics.get("anchor_template") is not None:  # stored once by GroupLog, not per row
+                    row["_anchor"] = (ref.diagnostics["anchor_template"], ref.diagnostics["anchor_rollouts"],
+                                      ref.diagnostics["include_question"], ref.diagnostics["anchor_prompt_sha256"])
                 if d.gold is not None:
                     row["gold_answer (diagnostics only)"] = d.gold
                 new_rows.append(row)
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            with open(os.path.join(self.args.output_dir, "cat_groups.jsonl"), "a") as f:
-                f.writelines(json.dumps(row, default=str) + "\n" for row in new_rows)
-            self._cat_group_rows.extend(new_rows)
-
-    # ------------------------------------------------------------------------------------------ logging
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        super().log(logs, start_time)
-        rows, self._cat_group_rows = self._cat_group_rows, []
-        if not rows or not self.accelerator.is_main_process:
-            return
-        if "wandb" in (self.args.report_to or []):
-            import wandb
-
-            if wandb.run is not None:
-                import pandas as pd
-
-                frame = pd.DataFrame(
-                    [{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items() if k != "anchor_prompt"}
-                     for r in rows]
-                )
-                wandb.log({"cat/groups": wandb.Table(dataframe=frame)})
-
+            self.cat_group_log.append(new_rows)

@@ -137,6 +137,24 @@ def policy_syncs(vllm_generation) -> int | None:
     return vllm_generation.policy_syncs if isinstance(vllm_generation, _CaTWeightSync) else None
 
 
+def set_weights_sleeping(vllm_generation, sleeping: bool) -> None:
+    """Keep TRL's record of whether the colocated engine's weights sleep (`_llm_weights_sleeping`, read by TRL's
+    generation to wake them) truthful after the anchor woke or slept the engine itself."""
+    vllm_generation._llm_weights_sleeping = sleeping
+
+
+def vllm_param_gather(vllm_generation):
+    """TRL's context manager that gathers sharded parameters (ZeRO-3) for reading, as its own sync uses it
+    (`_dist.gather_params(params)`); a no-op context without one (and under FSDP, where TRL gathers per module)."""
+    dist = getattr(vllm_generation, "_dist", None)
+    return getattr(dist, "gather_params", None) or (lambda params: contextlib.nullcontext())
+
+
+def vllm_tp_group(vllm_generation):
+    """The process group of the colocated engine's tensor-parallel ranks (TRL's `tp_group`; None when TP = 1)."""
+    return getattr(vllm_generation, "tp_group", None)
+
+
 def mark_policy_stale(trainer) -> None:
     """Make TRL push the policy's weights into vLLM before its next generation: `GRPOTrainer._generate_single_turn`
     syncs whenever `state.global_step != _last_loaded_step`."""
@@ -180,6 +198,39 @@ def extra_vllm_llm_kwargs(kwargs: dict | None) -> Iterator[None]:
         yield
     finally:
         vllm_generation.LLM = original
+
+
+# ------------------------------------------------------------------------------------------- GRPOTrainer internals
+
+
+def unwrap_for_generation(model, accelerator, **kwargs):
+    """TRL's `unwrap_model_for_generation` (not exported): the model unwrapped from DDP / gathered from ZeRO-3 for
+    the duration of a generation, with gradient checkpointing off -- exactly how TRL generates its rollouts."""
+    from trl.models.utils import unwrap_model_for_generation
+
+    return unwrap_model_for_generation(model, accelerator, **kwargs)
+
+
+def use_adapter(model, adapter_name: str | None):
+    """TRL's `use_adapter` (not exported): a PEFT model with `adapter_name` active (None: adapters off) for a block."""
+    from trl.trainer.utils import use_adapter as trl_use_adapter
+
+    return trl_use_adapter(model, adapter_name)
+
+
+def log_completion_column(trainer, name: str, values: list) -> None:
+    """Add a column to TRL's completions table (`log_completions`) for the current batch (`_log_completion_extra`)."""
+    trainer._log_completion_extra(name, values)
+
+
+def log_trainer_metric(trainer, mode: str, name: str, value: float) -> None:
+    """Record a metric the way TRL records its own (`_metrics[mode][name]`, averaged at the next `log`)."""
+    trainer._metrics[mode][name].append(value)
+
+
+def reward_weights(trainer) -> torch.Tensor:
+    """The per-reward-function weights TRL sums rewards with (`reward_weights`, set from `args.reward_weights`)."""
+    return trainer.reward_weights
 
 
 def trainer_of_reward_call(log_metric):

@@ -287,6 +287,7 @@ def run_config(script_args, args, model_args, trainer) -> dict:
         "G": args.num_generations,
         "cat": {
             "anchor_source": trainer.cat_anchor_source,
+            "anchor_engine_kind": trainer.cat_anchor_kind,
             "anchor_engine": getattr(trainer.cat_engine, "name", None),
             "judge_model": judge.model_name if judge is not None else None,
             "anchor_budget": trainer.cat_budget,

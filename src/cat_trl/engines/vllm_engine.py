@@ -33,7 +33,10 @@ from ..trl_compat import (
     load_weights_into_vllm,
     mark_policy_stale,
     policy_syncs,
+    set_weights_sleeping,
     vllm_max_model_len,
+    vllm_param_gather,
+    vllm_tp_group,
 )
 from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget
 
@@ -187,7 +190,7 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self.llm.wake_up(tags=["weights"])
-            self.vg._llm_weights_sleeping = False
+            set_weights_sleeping(self.vg, False)
         device = None if self.device is None else torch.device(self.device)
         tensors = ((name, t if device is None or t.device == device else t.to(device, non_blocking=True))
                    for name, t in self.weights())
@@ -218,7 +221,7 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
         try:
             if tp > 1:  # a TP group runs one engine: every rank must submit the same prompts
                 gathered: list[Any] = [None] * tp
-                torch.distributed.all_gather_object(gathered, prompt_ids, group=self.vg.tp_group)
+                torch.distributed.all_gather_object(gathered, prompt_ids, group=vllm_tp_group(self.vg))
                 all_ids = [p for chunk in gathered for p in chunk]
             else:
                 all_ids = prompt_ids
@@ -227,14 +230,14 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
             outputs = (self.llm.generate([{"prompt_token_ids": ids} for ids in all_ids], sampling_params=params,
                                          use_tqdm=False) if all_ids else [])
             if tp > 1:  # ranks may hold different numbers of groups: slice at this rank's offset in the gather
-                rank = torch.distributed.get_rank(group=self.vg.tp_group)
+                rank = torch.distributed.get_rank(group=vllm_tp_group(self.vg))
                 start = sum(len(chunk) for chunk in gathered[:rank])
                 outputs = outputs[start : start + len(prompt_ids)]
             return outputs
         finally:
             if self.vg.enable_sleep_mode:
                 self.llm.sleep(level=2)
-                self.vg._llm_weights_sleeping = True
+                set_weights_sleeping(self.vg, True)
             self.mark_policy_stale()
 
     def generate(
@@ -291,8 +294,10 @@ class VLLMAnchorUnsupported(ValueError):
     transformers anchor (logged), an explicit `vllm` raises this."""
 
 
-def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str = "cpu") -> VLLMAnchorEngine:
-    """The time-shared anchor for a `GRPOTrainer` with `use_vllm: true, vllm_mode: colocate`."""
+def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str = "cpu", *,
+                      max_context: int | None = None) -> VLLMAnchorEngine:
+    """The time-shared anchor for a `GRPOTrainer` with `use_vllm: true, vllm_mode: colocate`. `max_context` caps the
+    anchor's context below the engine's `max_model_len` (a larger value is refused: vLLM could not serve it)."""
     args = trainer.args
     vg = getattr(trainer, "vllm_generation", None)
     if not args.use_vllm or args.vllm_mode != "colocate" or vg is None or getattr(vg, "llm", None) is None:
@@ -301,8 +306,7 @@ def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str
             "vllm_mode: colocate. With vllm_mode: server, serve pi_0 separately (`vllm serve <initial model>`) and use "
             "cat_anchor_engine: openai, or use cat_anchor_engine: transformers."
         )
-    dist = getattr(vg, "_dist", None)
-    gather = getattr(dist, "gather_params", None) or (lambda params: contextlib.nullcontext())
+    gather = vllm_param_gather(vg)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_fsdp_enabled and source in ("peft_base", "ref_model"):
         raise VLLMAnchorUnsupported(
@@ -325,9 +329,14 @@ def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str
             raise ValueError("cat_anchor_weights=copy with the vLLM anchor needs the initial checkpoint's path")
         weights = checkpoint_weights(checkpoint, offload, trainer.accelerator.device)
 
+    limit = vllm_max_model_len(vg.llm)
+    if max_context and limit and max_context > limit:
+        raise ValueError(f"cat_anchor_max_context={max_context} exceeds the colocated vLLM engine's "
+                         f"max_model_len={limit}; raise vllm_max_model_length or lower it.")
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     engine = VLLMAnchorEngine(vg, weights, tokenizer, mark_policy_stale=lambda: mark_policy_stale(trainer),
-                              name=f"vllm-colocate:{source}", device=trainer.accelerator.device)
+                              max_model_len=max_context or limit, name=f"vllm-colocate:{source}",
+                              device=trainer.accelerator.device)
     logger.info("CaT anchor: time-shared colocated vLLM engine (weights from %s), max_model_len=%s", source,
                 engine.max_context_tokens)
     return engine

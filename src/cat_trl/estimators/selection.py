@@ -130,7 +130,7 @@ class SelfBoNEstimator(SynthesisEstimator):
     def estimate(self, groups: list[Group]) -> list[Reference]:
         if self.include_question:  # selection reads the question; fall back to the prompt's text when not given
             groups = [g if g.question is not None else replace(g, question=question_text(g.prompt)) for g in groups]
-        _, truncated, outputs = self._run_anchor(groups)
+        _, truncated, outputs, _ = self._run_anchor(groups)
         references = []
         for group, n_truncated, out in zip(groups, truncated, outputs):
             cut_off = out.finish_reason == "length"

@@ -121,22 +121,24 @@ class SynthesisEstimator(ReferenceEstimator):
         fitted = [c if n <= cap else self.engine.truncate_tokens(c, keep) for c, n in zip(group.completions, lengths)]
         return fitted, sum(n > cap for n in lengths)
 
-    def _run_anchor(self, groups: list[Group]) -> tuple[list[str], list[int], list]:
-        """One engine call for all groups: (prompts, rollouts truncated per group, generations)."""
-        prompts, truncated = [], []
+    def _run_anchor(self, groups: list[Group]) -> tuple[list[str], list[int], list, list[list[str]]]:
+        """One engine call for all groups: (prompts, rollouts truncated per group, generations, the rollouts as the
+        anchor saw them)."""
+        prompts, truncated, fitted = [], [], []
         for group in groups:
             completions, n_truncated = self._fit(group)
             prompts.append(build_synthesis_prompt(self.template, completions, group.question, self.include_question))
             truncated.append(n_truncated)
+            fitted.append(completions)
         outputs = self.engine.generate(
             [[{"role": "user", "content": p}] for p in prompts], self.sampling, self.chat_template_kwargs
         )
-        return prompts, truncated, outputs
+        return prompts, truncated, outputs, fitted
 
     def estimate(self, groups: list[Group]) -> list[Reference]:
-        prompts, truncated, outputs = self._run_anchor(groups)
+        prompts, truncated, outputs, fitted = self._run_anchor(groups)
         references = []
-        for prompt, n_truncated, out in zip(prompts, truncated, outputs):
+        for prompt, n_truncated, out, rollouts in zip(prompts, truncated, outputs, fitted):
             text = unified_section(out.text)
             answer = self.extract_answer(text) if self.extract_answer is not None else None
             references.append(
@@ -150,6 +152,10 @@ class SynthesisEstimator(ReferenceEstimator):
                         # as the reference (counted as cat/reference_format_failure)
                         "format_failure": UNIFIED_HEADER in self.template and UNIFIED_HEADER not in (out.text or ""),
                         "anchor_prompt": prompt,
+                        # the prompt's parts, so a log can store the template once and the rollouts it already has
+                        "anchor_template": self.template,
+                        "anchor_rollouts": rollouts,
+                        "include_question": self.include_question,
                         "anchor_output": out.text,
                         "anchor_prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
                         "anchor_prompt_tokens": out.prompt_tokens,

@@ -165,13 +165,10 @@ class CaTSynthesisMathReward:
                 )
             from accelerate import PartialState
 
-            from ..engines.transformers_engine import TransformersEngine
-            from ..models import resolve_model_path
+            from ..engines.factory import EngineSpec, build_engine
 
-            self.engine = TransformersEngine.from_pretrained(
-                resolve_model_path(self.anchor_model), device=PartialState().device,
-                max_context_tokens=self.anchor_max_context,
-            )
+            self.engine = build_engine(EngineSpec("transformers", model=self.anchor_model, device=PartialState().device,
+                                                  max_context=self.anchor_max_context))
         return SynthesisEstimator(
             self.engine, self._sampling(trainer), include_question=self.include_question,
             max_context_tokens=self.anchor_max_context, extract_answer=self.reward.extract,
