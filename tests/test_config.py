@@ -306,3 +306,27 @@ def test_every_shipped_recipe_parses(recipe_path):
     assert args.num_generations >= 2
     if args.open_ended:
         assert args.cat_judge_engine in ("openai", "transformers")
+
+
+def test_removed_setting_names_its_replacement(recipe):
+    with pytest.raises(ConfigError, match="reward_weights"):
+        _parse(recipe(cat_reward_scale=2.0))
+    with pytest.raises(ConfigError, match="reward_weights"):
+        parse_args(["--config", recipe(), "--cat_reward_scale", "2"])
+
+
+def test_cat_gold_column_must_name_a_column_the_loader_wrote(recipe):
+    """The loaders write gold answers to `gold_answer`; a renamed cat_gold_column would silently find nothing."""
+    script_args, args, model_args = _parse(recipe(cat_gold_column="solution"))
+    with pytest.raises(ConfigError, match="dataset_gold_column"):
+        check_recipe(script_args, args, model_args, _dataset(8))
+    data = _dataset(8).rename_column("gold_answer", "solution")
+    check_recipe(script_args, args, model_args, data)  # a column that exists is fine
+
+
+def test_every_choice_is_checked_from_python_and_listed_for_the_command_line(tmp_path):
+    own = [f for f in dataclasses.fields(CaTGRPOConfig) if f.name.startswith("cat_") and "choices" in f.metadata]
+    assert len(own) >= 9
+    for f in own:
+        with pytest.raises(ValueError, match=f"{f.name}='nope' is not one of"):
+            CaTGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **{f.name: "nope"})

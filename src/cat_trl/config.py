@@ -8,22 +8,37 @@ dataclasses in one flat namespace, so a prefix avoids clashes with TRL's own fie
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trl import GRPOConfig
 
-from .answers import EXTRACTIONS
+from .answers import EXTRACTIONS, MATCH_MODES
 from .estimators import ESTIMATORS
 from .estimators.prompts import MATH_SYNTHESIS_PROMPT, validate_template
 from .rubrics.judge import JUDGE_MODES
 from .rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT, validate_placeholders
+from .engines.anchor_weights import resolve_anchor_weights
 from .trl_compat import check_vllm_llm_kwargs
 
 ANCHOR_ENGINES = ("auto", "vllm", "transformers", "openai")
 REWARDS = ("math", "rubric", "judge_equivalence", "physician_rubric")
 JUDGE_ENGINES = ("transformers", "openai", "anchor")
 ANCHOR_WEIGHTS = ("auto", "peft_base", "ref_model", "copy")
-MATCH_MODES = ("string", "equivalent")
+VLLM_OFFLOADS = ("cpu", "disk")
+
+
+#: settings that were removed, with what replaces them: a recipe that still sets one fails with this text
+REMOVED_SETTINGS = {
+    "cat_reward_scale": "cat_reward_scale was removed: TRL's reward_weights scales each reward function "
+    "(e.g. reward_weights: [2.0] for the rubric reward; it also scales the length penalty).",
+}
+
+
+def check_removed_settings(keys) -> None:
+    """Refuse a removed setting, naming its replacement (before TrlParser reports it as merely unknown)."""
+    for key in keys:
+        if key in REMOVED_SETTINGS:
+            raise ValueError(REMOVED_SETTINGS[key])
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -38,6 +53,7 @@ class CaTGRPOConfig(GRPOConfig):
     cat_reward: str = field(
         default="math",
         metadata={
+            "choices": list(REWARDS),
             "help": "What the reference is turned into: `math` (final-answer match, verifiable tasks), `rubric` "
             "(the anchor's self-proposed rubric checked by a judge, open-ended tasks), or the paper's open-ended "
             "baselines `judge_equivalence` (judge: is the rollout equivalent to the reference?) and "
@@ -46,7 +62,9 @@ class CaTGRPOConfig(GRPOConfig):
     )
     cat_estimator: str = field(
         default="synthesis",
-        metadata={"help": "Reference estimator: `synthesis` (CaT, frozen anchor), `majority` (TTRL-style vote), or a "
+        metadata={
+            "choices": list(ESTIMATORS),
+            "help": "Reference estimator: `synthesis` (CaT, frozen anchor), `majority` (TTRL-style vote), or a "
         "selection baseline run by the anchor: `self_bon`, `min_ppl`, `mutual_predictability`."},
     )
     cat_include_question: bool = field(
@@ -60,14 +78,18 @@ class CaTGRPOConfig(GRPOConfig):
     )
     cat_anchor_engine: str = field(
         default="auto",
-        metadata={"help": "What runs the anchor: `vllm` (TRL's colocated vLLM engine, time-shared: pi_0's weights "
+        metadata={
+            "choices": list(ANCHOR_ENGINES),
+            "help": "What runs the anchor: `vllm` (TRL's colocated vLLM engine, time-shared: pi_0's weights "
         "are loaded into it for the reward step), `transformers` (in-process generate), `openai` (an "
         "OpenAI-compatible server serving pi_0, e.g. `vllm serve <initial model>`) or `auto` (vllm with "
         "use_vllm + vllm_mode colocate, else transformers)."},
     )
     cat_vllm_anchor_offload: str = field(
         default="cpu",
-        metadata={"help": "vLLM anchor with cat_anchor_weights=copy: keep the initial checkpoint's tensors in "
+        metadata={
+            "choices": list(VLLM_OFFLOADS),
+            "help": "vLLM anchor with cat_anchor_weights=copy: keep the initial checkpoint's tensors in "
         "(pinned) CPU memory (`cpu`) or stream them from its safetensors files on every anchor call (`disk`)."},
     )
     cat_vllm_llm_kwargs: dict | str | None = field(
@@ -85,6 +107,7 @@ class CaTGRPOConfig(GRPOConfig):
     cat_anchor_weights: str = field(
         default="auto",
         metadata={
+            "choices": list(ANCHOR_WEIGHTS),
             "help": "Where pi_0's weights come from: `peft_base` (policy with adapters off), `ref_model` (TRL's "
             "reference model, beta > 0), `copy` (separately loaded frozen copy) or `auto` (peft_base with PEFT, "
             "else ref_model when beta > 0 and sync_ref_model is off, else copy)."
@@ -131,7 +154,9 @@ class CaTGRPOConfig(GRPOConfig):
     )
     cat_judge_engine: str = field(
         default="openai",
-        metadata={"help": "What runs the judge: `openai` (any OpenAI-compatible server: GPT-4o, vllm serve, ...), "
+        metadata={
+            "choices": list(JUDGE_ENGINES),
+            "help": "What runs the judge: `openai` (any OpenAI-compatible server: GPT-4o, vllm serve, ...), "
         "`transformers` (a separate local model, cat_judge_model = path) or `anchor` (the anchor itself; not an "
         "independent judge, for smoke tests)."},
     )
@@ -144,7 +169,9 @@ class CaTGRPOConfig(GRPOConfig):
     )
     cat_judge_mode: str = field(
         default="generate",
-        metadata={"help": "`generate` (short yes/no answer; unparseable = no, counted) or `logprob` (p(yes) vs "
+        metadata={
+            "choices": list(JUDGE_MODES),
+            "help": "`generate` (short yes/no answer; unparseable = no, counted) or `logprob` (p(yes) vs "
         "p(no) of the next token, one forward pass)."},
     )
     cat_judge_prompt: str | None = field(
@@ -162,7 +189,6 @@ class CaTGRPOConfig(GRPOConfig):
     cat_judge_cache_path: str | None = field(
         default=None, metadata={"help": "Persist judge responses (JSONL, keyed by request hash) across runs."}
     )
-    cat_reward_scale: float = field(default=1.0, metadata={"help": "Rubric reward = scale * fraction satisfied."})
     cat_length_penalty_tokens: int | None = field(
         default=None,
         metadata={"help": "Completions longer than this many tokens get cat_length_penalty instead of a judged "
@@ -171,12 +197,16 @@ class CaTGRPOConfig(GRPOConfig):
     cat_length_penalty: float = field(default=-1.0, metadata={"help": "Reward of over-long completions."})
     cat_match: str = field(
         default="string",
-        metadata={"help": "Answer matching: `string` (normalised equality, the paper's) or `equivalent` "
+        metadata={
+            "choices": list(MATCH_MODES),
+            "help": "Answer matching: `string` (normalised equality, the paper's) or `equivalent` "
         "(symmetric math-verify)."},
     )
     cat_answer_extraction: str = field(
         default="boxed",
-        metadata={"help": "Final-answer extraction for rollouts and references: `boxed` (last \\boxed{}, the "
+        metadata={
+            "choices": list(EXTRACTIONS),
+            "help": "Final-answer extraction for rollouts and references: `boxed` (last \\boxed{}, the "
         "paper's) or `boxed_or_final` (fall back to the text after 'final answer is')."},
     )
     cat_match_timeout: float = field(default=5.0, metadata={"help": "math-verify timeout (s) per comparison."})
@@ -214,13 +244,17 @@ class CaTGRPOConfig(GRPOConfig):
         need("cat_anchor_top_k", lambda v: v >= 0, ">= 0 (0 = off)")
         need("cat_anchor_min_p", lambda v: 0 <= v <= 1, "in [0, 1]")
 
+    def _check_choices(self) -> None:
+        """Every field with `choices` metadata (also what `--help` and the command line's argparse use), checked
+        once here: values from YAML or Python bypass argparse."""
+        for f in fields(self):
+            if f.name.startswith("cat_") and "choices" in f.metadata:
+                _choice(f.name, getattr(self, f.name), f.metadata["choices"])
+
     def __post_init__(self):
         self._check_ranges()
-        _choice("cat_reward", self.cat_reward, REWARDS)
-        _choice("cat_estimator", self.cat_estimator, ESTIMATORS)
+        self._check_choices()
         self._check_open_ended()
-        _choice("cat_anchor_engine", self.cat_anchor_engine, ANCHOR_ENGINES)
-        _choice("cat_vllm_anchor_offload", self.cat_vllm_anchor_offload, ("cpu", "disk"))
         colocated = bool(getattr(self, "use_vllm", False)) and getattr(self, "vllm_mode", None) == "colocate"
         lacking = self._vllm_anchor_lacks()
         #: `auto` may still fall back to transformers at start-up (a weight source the vLLM anchor cannot stream)
@@ -251,9 +285,6 @@ class CaTGRPOConfig(GRPOConfig):
         if self.cat_vllm_llm_kwargs and not (getattr(self, "use_vllm", False) and self.vllm_mode == "colocate"):
             raise ValueError("cat_vllm_llm_kwargs configures TRL's colocated vLLM engine: it needs use_vllm: true "
                              "and vllm_mode: colocate.")
-        _choice("cat_anchor_weights", self.cat_anchor_weights, ANCHOR_WEIGHTS)
-        _choice("cat_match", self.cat_match, MATCH_MODES)
-        _choice("cat_answer_extraction", self.cat_answer_extraction, EXTRACTIONS)
         validate_template(self.synthesis_template, self.cat_include_question)
         for name in ("cat_anchor_batch_size", "cat_anchor_max_context"):
             value = getattr(self, name)
@@ -263,18 +294,8 @@ class CaTGRPOConfig(GRPOConfig):
             raise ValueError(f"cat_match_timeout must be > 0 seconds, got {self.cat_match_timeout}")
         if self.cat_anchor_max_new_tokens < 1:
             raise ValueError(f"cat_anchor_max_new_tokens must be >= 1, got {self.cat_anchor_max_new_tokens}")
-        if self.cat_anchor_weights == "ref_model":
-            if self.beta == 0.0:
-                raise ValueError(
-                    "cat_anchor_weights=ref_model needs TRL's reference model, which only exists when beta > 0. "
-                    "Set beta > 0, or use cat_anchor_weights: copy (or peft_base with PEFT)."
-                )
-            if self.sync_ref_model:
-                raise ValueError(
-                    "cat_anchor_weights=ref_model with sync_ref_model=true: TRL would move the reference model "
-                    "towards the policy, so the anchor would stop being the initial policy pi_0. Set "
-                    "sync_ref_model: false, or use cat_anchor_weights: copy."
-                )
+        resolve_anchor_weights(self.cat_anchor_weights, is_peft=None, has_ref_model=self.beta > 0,
+                               sync_ref_model=self.sync_ref_model)
         super().__post_init__()
 
     def _vllm_anchor_lacks(self) -> str | None:
@@ -300,8 +321,6 @@ class CaTGRPOConfig(GRPOConfig):
             raise ValueError("cat_anchor_engine=openai needs cat_anchor_base_url (the server serving pi_0).")
         if not self.open_ended:
             return
-        _choice("cat_judge_engine", self.cat_judge_engine, JUDGE_ENGINES)
-        _choice("cat_judge_mode", self.cat_judge_mode, JUDGE_MODES)
         if self.cat_estimator != "synthesis":
             raise ValueError(f"cat_reward={self.cat_reward} needs cat_estimator: synthesis (majority vote needs "
                              "final answers, which open-ended responses do not have).")

@@ -181,7 +181,7 @@ def open_ended_rewards(args, judge: Judge) -> list:
         # An HTTP judge runs as an async reward (off the main thread, overlapping other async rewards); an in-process
         # judge stays synchronous on the main thread (collectives, device work).
         cls = AsyncCaTRubricReward if args.cat_judge_engine == "openai" else CaTRubricReward
-        return [cls(judge, scale=args.cat_reward_scale, **penalty)]
+        return [cls(judge, **penalty)]
     if args.cat_reward == "judge_equivalence":
         return [JudgeEquivalenceReward(judge, **penalty)]
     if args.cat_reward == "physician_rubric":

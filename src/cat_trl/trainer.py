@@ -23,8 +23,7 @@ from trl import GRPOTrainer
 from .answers import AnswerMatcher, get_extractor
 from .callbacks import CaTLoggingCallback, GroupLog
 from .config import CaTGRPOConfig
-from .data import GOLD_COLUMN
-from .data.healthbench import GOLD_RUBRICS_COLUMN
+from .labels import GOLD_COLUMN, GOLD_RUBRICS_COLUMN
 from .engines.anchor_weights import freeze_initial_adapter
 from .engines.base import Engine
 from .estimators.base import NoReference, ReferenceEstimator

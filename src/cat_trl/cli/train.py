@@ -21,7 +21,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from transformers import TrainerCallback  # noqa: E402
 from trl import ModelConfig, TrlParser, get_peft_config  # noqa: E402
 
-from ..config import CaTGRPOConfig  # noqa: E402
+from ..config import CaTGRPOConfig, check_removed_settings  # noqa: E402
+from ..engines.anchor_weights import resolve_anchor_weights  # noqa: E402
+from ..labels import GOLD_COLUMN, GOLD_RUBRICS_COLUMN  # noqa: E402
 from ..script_args import CaTScriptArguments  # noqa: E402
 
 logger = logging.getLogger("cat_trl")
@@ -96,7 +98,12 @@ def parse_args(argv: Sequence[str] | None = None):
     if "-h" in argv or "--help" in argv:
         make_parser().print_help()  # every setting with its default and help, like `trl grpo --help`
         raise SystemExit(0)
-    argv = apply_prompts_per_step(argv, read_recipe(argv))
+    recipe = read_recipe(argv)
+    try:
+        check_removed_settings([*recipe, *(a[2:].split("=", 1)[0] for a in argv if a.startswith("--"))])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    argv = apply_prompts_per_step(argv, recipe)
     try:
         return make_parser().parse_args_and_config(args=argv)
     except (ValueError, TypeError) as err:  # TrlParser's unknown keys, GRPOConfig/CaTGRPOConfig __post_init__ checks
@@ -114,20 +121,28 @@ def check_recipe(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_arg
             f"(generation_batch_size={args.generation_batch_size} / num_generations={args.num_generations}); TRL "
             "would silently train 0 steps. Add prompts or lower per_device_train_batch_size / steps_per_generation."
         )
-    if args.cat_anchor_weights == "peft_base" and not model_args.use_peft:
-        raise ConfigError("cat_anchor_weights=peft_base needs use_peft: true (the anchor is the adapter-disabled base).")
-    if args.cat_anchor_weights == "ref_model" and model_args.use_peft:
-        raise ConfigError(
-            "cat_anchor_weights=ref_model with use_peft: TRL keeps no separate reference model under PEFT; use "
-            "peft_base (the same weights, no extra memory)."
-        )
-    if "gold_rubrics" in dataset.column_names and not args.open_ended:
+    try:
+        resolve_anchor_weights(args.cat_anchor_weights, is_peft=bool(model_args.use_peft),
+                               has_ref_model=args.beta > 0 and not model_args.use_peft,
+                               sync_ref_model=args.sync_ref_model)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if GOLD_RUBRICS_COLUMN in dataset.column_names and not args.open_ended:
         raise ConfigError("This dataset is open-ended (HealthBench): final-answer rewards do not apply. Set "
                           "cat_reward: rubric (CaT), judge_equivalence or physician_rubric (oracle baseline).")
-    if args.cat_reward == "physician_rubric" and "gold_rubrics" not in dataset.column_names:
+    if args.cat_reward == "physician_rubric" and GOLD_RUBRICS_COLUMN not in dataset.column_names:
         raise ConfigError("cat_reward=physician_rubric needs physician rubrics (a HealthBench dataset).")
     if args.cat_gold_column in dataset.column_names and args.cat_gold_column in ("prompt", "completion"):
         raise ConfigError(f"cat_gold_column={args.cat_gold_column!r} cannot be a TRL input column")
+    if args.cat_gold_column != GOLD_COLUMN and args.cat_gold_column not in dataset.column_names:
+        # the loaders always write gold answers to `gold_answer`; a renamed cat_gold_column would find nothing and
+        # the diagnostics would silently disappear
+        raise ConfigError(
+            f"cat_gold_column={args.cat_gold_column!r} is not a column of the training data "
+            f"({', '.join(dataset.column_names)}). The loaders write gold answers to `{GOLD_COLUMN}`: choose the "
+            "source column with dataset_gold_column and leave cat_gold_column unset (it is for datasets passed to "
+            "CaTGRPOTrainer directly)."
+        )
 
 
 def check_output_dir(output_dir: str) -> None:

@@ -13,11 +13,11 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from cat_trl.data.prompts import DEFAULT_INSTRUCTION, build_messages, question_text
+from cat_trl.labels import GOLD_COLUMN  # diagnostic-only column; the trainer strips it before computing rewards
 
 __all__ = ["GOLD_COLUMN", "load_generic", "load_raw", "looks_like_local_path", "read_jsonl", "resolve_local",
            "to_contract"]
 
-GOLD_COLUMN = "gold_answer"  # diagnostic-only column; the trainer strips it before computing rewards
 ID_COLUMNS = ("id", "problem_id", "unique_id")
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -20,6 +20,7 @@ from typing import Any
 from datasets import Dataset
 
 from cat_trl.data.prompts import question_text
+from cat_trl.labels import GOLD_RUBRICS_COLUMN
 
 __all__ = ["HEALTHBENCH_FILES", "HEALTHBENCH_HUB_ID", "load_healthbench", "read_healthbench", "split_healthbench"]
 
@@ -30,7 +31,6 @@ HEALTHBENCH_FILES = {
     "hard": "hard_2025-05-08-21-00-10.jsonl",
     "consensus": "consensus_2025-05-09-20-00-46.jsonl",
 }
-GOLD_RUBRICS_COLUMN = "gold_rubrics"
 _ROLES = {"system", "developer", "user", "assistant"}
 
 

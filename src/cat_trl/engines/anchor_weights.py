@@ -9,23 +9,49 @@ here. `engines.factory` then builds an engine on the chosen source.
 from __future__ import annotations
 
 
-def resolve_anchor_weights(requested: str, *, is_peft: bool, has_ref_model: bool, sync_ref_model: bool) -> str:
-    """Picks where pi_0's weights come from, refusing combinations that would not be pi_0."""
+def resolve_anchor_weights(requested: str, *, is_peft: bool | None, has_ref_model: bool, sync_ref_model: bool) -> str:
+    """Where pi_0's weights come from (`peft_base` / `ref_model` / `copy`), refusing combinations that would not be
+    pi_0. The one place these rules live: the config calls it when it is built (`is_peft=None`: not known yet, so
+    PEFT-dependent rules wait and `auto` stays `auto`), `cat-trl train` before loading the model (PEFT from
+    `use_peft`), and the trainer on the real model.
+
+    Args:
+        requested: `cat_anchor_weights` (`auto`, `peft_base`, `ref_model`, `copy`).
+        is_peft: whether the policy is a PEFT model (None: unknown).
+        has_ref_model: whether TRL keeps a separate reference model (beta > 0 without PEFT).
+        sync_ref_model: TRL moves its reference model towards the policy (it then stops being pi_0).
+
+    Returns:
+        the weight source; `auto` only while `is_peft` is None.
+
+    Raises:
+        ValueError: naming the setting to change.
+    """
     if requested == "auto":
+        if is_peft is None:
+            return "auto"
         if is_peft:
             return "peft_base"
         if has_ref_model and not sync_ref_model:
             return "ref_model"
         return "copy"
-    if requested == "peft_base" and not is_peft:
-        raise ValueError("cat_anchor_weights=peft_base needs a PEFT policy (use_peft: true). Use `copy` otherwise.")
+    if requested == "peft_base" and is_peft is False:
+        raise ValueError("cat_anchor_weights=peft_base needs a PEFT policy (use_peft: true; the anchor is the "
+                         "adapter-disabled base). Use `copy` otherwise.")
     if requested == "ref_model":
         if sync_ref_model:
-            raise ValueError("cat_anchor_weights=ref_model is refused with sync_ref_model=true (the ref drifts).")
+            raise ValueError(
+                "cat_anchor_weights=ref_model with sync_ref_model=true: TRL would move the reference model towards the "
+                "policy, so the anchor would stop being the initial policy pi_0. Set sync_ref_model: false, or use "
+                "cat_anchor_weights: copy."
+            )
+        if is_peft:
+            raise ValueError("cat_anchor_weights=ref_model with use_peft: TRL keeps no separate reference model under "
+                             "PEFT; use peft_base (the same weights, no extra memory).")
         if not has_ref_model:
             raise ValueError(
-                "cat_anchor_weights=ref_model but the trainer has no reference model (beta == 0, or PEFT, where the "
-                "reference is the adapter-disabled base: use peft_base)."
+                "cat_anchor_weights=ref_model but there is no reference model: TRL keeps one only when beta > 0. Set "
+                "beta > 0, or use cat_anchor_weights: copy (or peft_base with PEFT)."
             )
     return requested
 

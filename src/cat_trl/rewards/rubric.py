@@ -17,11 +17,11 @@ import json
 import time
 from typing import Any
 
+from ..labels import GOLD_RUBRICS_COLUMN
 from ..messages import completion_text
 from ..rubrics.judge import Judge, JudgeItem
 from ..rubrics.prompts import EQUIVALENCE_PROMPT
 
-GOLD_RUBRICS_COLUMN = "gold_rubrics"
 
 
 def _conversation(prompt: Any) -> Any:
@@ -48,108 +48,142 @@ class _LengthPenalty:
         return [len(ids) > self.max_tokens for ids in completion_ids]
 
 
-class CaTRubricReward:
-    """R(o) = scale * (criteria of the group's rubric the judge marks satisfied) / (criteria).
-
-    Reads `cat_rubric` (one list of criteria per completion, shared within a group; None when the anchor's rubric
-    failed -- the reward is then None). Used by `CaTGRPOTrainer` with `cat_reward: rubric`.
-    """
-
-    __name__ = "cat_rubric_reward"
-
-    def __init__(self, judge: Judge, scale: float = 1.0, length_penalty_tokens: int | None = None,
-                 length_penalty: float = -1.0, soft: bool = False):
-        self.judge, self.scale, self.soft = judge, scale, soft
-        self.length = _LengthPenalty(length_penalty_tokens, length_penalty)
-
-    def __call__(self, prompts: list[Any], completions: list[Any], cat_rubric: list | None = None,
-                 completion_ids: list | None = None, log_metric=None, **kwargs: Any) -> list[float | None]:
-        if cat_rubric is None:
-            raise ValueError(
-                "cat_rubric_reward needs `cat_rubric` (the anchor's rubric per completion): use CaTGRPOTrainer with "
-                "cat_reward: rubric, or add a cat_rubric column."
-            )
-        texts = [completion_text(c) for c in completions]
-        over = self.length.over(completion_ids, len(texts))
-        rewards: list[float | None] = [None] * len(texts)
-        items, owners = [], []
-        for i, (prompt, text, rubric) in enumerate(zip(prompts, texts, cat_rubric)):
-            if over[i]:
-                rewards[i] = self.length.penalty
-                continue
-            if isinstance(rubric, str):  # a JSON column
-                rubric = json.loads(rubric)
-            if not rubric:
-                continue  # no usable rubric for this group: unscorable, not zero
-            for criterion in rubric:
-                items.append(JudgeItem(_conversation(prompt), text, criterion))
-                owners.append(i)
-        start = time.perf_counter()
-        verdicts = self.judge.judge(items)
-        met: dict[int, list[float]] = {}
-        for owner, verdict in zip(owners, verdicts):
-            met.setdefault(owner, []).append(verdict.score if self.soft else float(verdict.met))
-        for i, values in met.items():
-            rewards[i] = self.scale * sum(values) / len(values)
-        _log(log_metric, "cat/judge_seconds", time.perf_counter() - start)
-        _log(log_metric, "cat/judge_calls", len(items))
-        if items:
-            _log(log_metric, "cat/judge_parse_failure", sum(not v.parsed for v in verdicts) / len(verdicts))
-            _log(log_metric, "cat/criteria_satisfied", sum(v.met for v in verdicts) / len(verdicts))
-        if self.length.max_tokens is not None:
-            _log(log_metric, "cat/length_penalty_rate", sum(over) / max(len(over), 1))
-        return rewards
+def _judge_rows(judge: Judge, prompts: list[Any], texts: list[str], criteria: list[list[str] | None],
+                over: list[bool]) -> tuple[dict[int, list], list]:
+    """The one judging loop of every judged reward: each row's criteria against its text, all pairs of the call in
+    ONE judge call. Rows that are over the length limit or have no criteria (None) are not judged. Returns (verdicts
+    per judged row, all verdicts)."""
+    items, owners = [], []
+    for i, (prompt, text, row) in enumerate(zip(prompts, texts, criteria)):
+        if over[i] or row is None:
+            continue
+        for criterion in row:
+            items.append(JudgeItem(_conversation(prompt), text, criterion))
+            owners.append(i)
+    verdicts = judge.judge(items)
+    per_row: dict[int, list] = {i: [] for i, row in enumerate(criteria) if not over[i] and row is not None}
+    for owner, verdict in zip(owners, verdicts):
+        per_row[owner].append(verdict)
+    return per_row, verdicts
 
 
-class JudgeEquivalenceReward:
-    """Model-as-judge baseline: 1 if the judge says the rollout is semantically equivalent to `cat_reference`."""
-
-    __name__ = "judge_equivalence_reward"
+class _JudgedReward:
+    """Shared by the judged rewards: length penalty first (penalised rollouts are not judged), then `_judge_rows`,
+    then `score` per judged row. Rows without criteria stay None (unscorable, not zero)."""
 
     def __init__(self, judge: Judge, length_penalty_tokens: int | None = None, length_penalty: float = -1.0):
         self.judge = judge
         self.length = _LengthPenalty(length_penalty_tokens, length_penalty)
 
+    def _criteria(self, prompts, kwargs) -> list[list | None]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _score(self, i: int, verdicts: list) -> float | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _rewards(self, prompts, completions, completion_ids, log_metric, kwargs) -> tuple[list, list]:
+        criteria = self._criteria(prompts, kwargs)
+        texts = [completion_text(c) for c in completions]
+        over = self.length.over(completion_ids, len(texts))
+        start = time.perf_counter()
+        per_row, verdicts = _judge_rows(self.judge, prompts, texts, criteria, over)
+        rewards: list[float | None] = [self.length.penalty if o else None for o in over]
+        for i, row in per_row.items():
+            if row or criteria[i] == []:
+                rewards[i] = self._score(i, row)
+        _log(log_metric, "cat/judge_seconds", time.perf_counter() - start)
+        _log(log_metric, "cat/judge_calls", len(verdicts))
+        if verdicts:
+            _log(log_metric, "cat/judge_parse_failure", sum(not v.parsed for v in verdicts) / len(verdicts))
+        if self.length.max_tokens is not None:
+            _log(log_metric, "cat/length_penalty_rate", sum(over) / max(len(over), 1))
+        return rewards, verdicts
+
+
+class CaTRubricReward(_JudgedReward):
+    """R(o) = scale * (criteria of the group's rubric the judge marks satisfied) / (criteria).
+
+    Reads `cat_rubric` (one list of criteria per completion, shared within a group; None when the anchor's rubric
+    failed -- the reward is then None). Used by `CaTGRPOTrainer` with `cat_reward: rubric`.
+
+    Args:
+        judge (`Judge`): checks one criterion against one rollout (yes/no or p(yes)).
+        scale (`float`): multiplies the fraction (TRL's `reward_weights` does the same from a config).
+        length_penalty_tokens (`int`, *optional*): rollouts longer than this get `length_penalty`, unjudged.
+        length_penalty (`float`): the paper's -1.
+
+    Returns (from `__call__`): one reward per completion, None where the group has no usable rubric.
+
+    Example:
+
+        >>> from cat_trl.rewards import CaTRubricReward
+        >>> from cat_trl.rubrics import Judge
+        >>> reward = CaTRubricReward(Judge(judge_engine, "generate"), length_penalty_tokens=750)
+        >>> reward(prompts, completions, cat_rubric=[["Mentions red flags", "Advises a doctor"]] * len(completions))
+    """
+
+    __name__ = "cat_rubric_reward"
+
+    def __init__(self, judge: Judge, scale: float = 1.0, length_penalty_tokens: int | None = None,
+                 length_penalty: float = -1.0):
+        super().__init__(judge, length_penalty_tokens, length_penalty)
+        self.scale = scale
+
+    def _criteria(self, prompts, kwargs):
+        rubrics = kwargs.get("cat_rubric")
+        if rubrics is None:
+            raise ValueError(
+                "cat_rubric_reward needs `cat_rubric` (the anchor's rubric per completion): use CaTGRPOTrainer with "
+                "cat_reward: rubric, or add a cat_rubric column."
+            )
+        rubrics = [json.loads(r) if isinstance(r, str) else r for r in rubrics]  # a JSON column
+        return [list(r) if r else None for r in rubrics]  # no usable rubric: unscorable, not zero
+
+    def _score(self, i, verdicts):
+        return self.scale * sum(v.met for v in verdicts) / len(verdicts)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], cat_rubric: list | None = None,
+                 completion_ids: list | None = None, log_metric=None, **kwargs: Any) -> list[float | None]:
+        rewards, verdicts = self._rewards(prompts, completions, completion_ids, log_metric,
+                                          {**kwargs, "cat_rubric": cat_rubric})
+        if verdicts:
+            _log(log_metric, "cat/criteria_satisfied", sum(v.met for v in verdicts) / len(verdicts))
+        return rewards
+
+
+class JudgeEquivalenceReward(_JudgedReward):
+    """Model-as-judge baseline: 1 if the judge says the rollout is semantically equivalent to `cat_reference`."""
+
+    __name__ = "judge_equivalence_reward"
+
     @classmethod
     def from_engine(cls, engine, mode: str = "generate", **kwargs) -> JudgeEquivalenceReward:
         return cls(Judge(engine, mode, template=EQUIVALENCE_PROMPT), **kwargs)
 
+    def _criteria(self, prompts, kwargs):
+        references = kwargs.get("cat_reference")
+        if references is None:
+            raise ValueError("judge_equivalence_reward needs `cat_reference` (use CaTGRPOTrainer)")
+        return [[ref] if ref else None for ref in references]
+
+    def _score(self, i, verdicts):
+        return float(verdicts[0].met)
+
     def __call__(self, prompts: list[Any], completions: list[Any], cat_reference: list | None = None,
                  completion_ids: list | None = None, log_metric=None, **kwargs: Any) -> list[float | None]:
-        if cat_reference is None:
-            raise ValueError("judge_equivalence_reward needs `cat_reference` (use CaTGRPOTrainer)")
-        texts = [completion_text(c) for c in completions]
-        over = self.length.over(completion_ids, len(texts))
-        rewards: list[float | None] = [None] * len(texts)
-        items, owners = [], []
-        for i, (prompt, text, ref) in enumerate(zip(prompts, texts, cat_reference)):
-            if over[i]:
-                rewards[i] = self.length.penalty
-            elif ref:
-                items.append(JudgeItem(_conversation(prompt), text, ref))
-                owners.append(i)
-        verdicts = self.judge.judge(items)
-        for i, verdict in zip(owners, verdicts):
-            rewards[i] = float(verdict.met)
-        if items:
-            _log(log_metric, "cat/judge_parse_failure", sum(not v.parsed for v in verdicts) / len(verdicts))
-        return rewards
+        return self._rewards(prompts, completions, completion_ids, log_metric,
+                             {**kwargs, "cat_reference": cat_reference})[0]
 
 
-class PhysicianRubricReward:
+class PhysicianRubricReward(_JudgedReward):
     """Oracle baseline: the HealthBench score of each rollout under its physician rubric (`gold_rubrics` column:
     a JSON list of `{criterion, points, tags}`), judged item by item with the same judge. Negative-points items are
     judged for the presence of the undesirable behaviour they describe and subtract their points."""
 
     __name__ = "physician_rubric_reward"
 
-    def __init__(self, judge: Judge, length_penalty_tokens: int | None = None, length_penalty: float = -1.0):
-        self.judge = judge
-        self.length = _LengthPenalty(length_penalty_tokens, length_penalty)
-
-    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list | None = None,
-                 log_metric=None, **kwargs: Any) -> list[float | None]:
-        from ..evaluation.healthbench_grader import RubricItem, example_score
+    def _criteria(self, prompts, kwargs):
+        from ..evaluation.healthbench_grader import RubricItem
 
         column = kwargs.get(GOLD_RUBRICS_COLUMN)
         if column is None:
@@ -157,28 +191,18 @@ class PhysicianRubricReward:
                 f"physician_rubric_reward needs the `{GOLD_RUBRICS_COLUMN}` column. CaTGRPOTrainer hides labels from "
                 "rewards; this oracle baseline must be enabled explicitly with cat_reward: physician_rubric."
             )
-        texts = [completion_text(c) for c in completions]
-        over = self.length.over(completion_ids, len(texts))
-        rewards: list[float | None] = [None] * len(texts)
-        rubrics, items, owners = {}, [], []
-        for i, (prompt, text, raw) in enumerate(zip(prompts, texts, column)):
-            if over[i]:
-                rewards[i] = self.length.penalty
-                continue
-            rubric = [RubricItem.from_dict(d) for d in (json.loads(raw) if isinstance(raw, str) else raw)]
-            rubrics[i] = rubric
-            for item in rubric:
-                items.append(JudgeItem(_conversation(prompt), text, item.criterion))
-                owners.append(i)
-        verdicts = self.judge.judge(items)
-        met: dict[int, list[bool]] = {i: [] for i in rubrics}
-        for owner, verdict in zip(owners, verdicts):
-            met[owner].append(verdict.met)
-        for i, rubric in rubrics.items():
-            rewards[i] = example_score(rubric, met[i])
-        if items:
-            _log(log_metric, "cat/judge_parse_failure", sum(not v.parsed for v in verdicts) / len(verdicts))
-        return rewards
+        self._rubrics = [[RubricItem.from_dict(d) for d in (json.loads(raw) if isinstance(raw, str) else raw)]
+                         for raw in column]
+        return [[item.criterion for item in rubric] for rubric in self._rubrics]
+
+    def _score(self, i, verdicts):
+        from ..evaluation.healthbench_grader import example_score
+
+        return example_score(self._rubrics[i], [v.met for v in verdicts])
+
+    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list | None = None,
+                 log_metric=None, **kwargs: Any) -> list[float | None]:
+        return self._rewards(prompts, completions, completion_ids, log_metric, kwargs)[0]
 
 
 class AsyncCaTRubricReward(CaTRubricReward):
