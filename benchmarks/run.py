@@ -366,7 +366,10 @@ def main(argv=None) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from cat_trl.models import build_tiny_model, resolve_model_path
+    from cat_trl.models import resolve_model_path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny test model is a test helper
+    from tiny_model import build_tiny_model
 
     hf_logging.set_verbosity_error()
     logging.getLogger("trl").setLevel(logging.ERROR)  # e.g. "all rewards None" from a random-weight tiny anchor

@@ -45,7 +45,7 @@ def embedded_model_path() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_path(embedded_model_path: str) -> str:
     """Path of the cached tiny random-weight Llama that uses the real SmolLM2 tokenizer."""
-    from cat_trl.models import build_tiny_model
+    from tiny_model import build_tiny_model
 
     return str(build_tiny_model())
 

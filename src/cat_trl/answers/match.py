@@ -153,9 +153,10 @@ def _certainly_differ(x, y, guard: bool, seconds: int | None) -> bool:
 def _differs_from_number(x, y) -> bool:
     """True only when one side is a number and the other an expression in free symbols that takes a *different*
     value at two probe points -- then the two cannot be identically equal, which is what math-verify's symbolic
-    check (`simplify(a - b) == 0`, then `equals`) would conclude, ~50x slower. Identities such as
-    `\\sin^2 x + \\cos^2 x` vs `1` agree at the probes and still go to math-verify; anything unusual (relations, sets,
-    tuples, non-finite values, evaluation errors) returns False, so this can only skip a rejection, never accept."""
+    check (`simplify(a - b) == 0`, then `equals`) would conclude, much slower (benchmarks/run.py measures it).
+    Identities such as `\\sin^2 x + \\cos^2 x` vs `1` agree at the probes and still go to math-verify; anything
+    unusual (relations, sets, tuples, non-finite values, evaluation errors) returns False, so this can only skip a
+    rejection, never accept."""
     import sympy
 
     if not (isinstance(x, sympy.Expr) and isinstance(y, sympy.Expr)):

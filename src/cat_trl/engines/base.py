@@ -87,6 +87,13 @@ class EngineStats:
         self.completion_tokens += sum(g.completion_tokens for g in generations)
         self.seconds += seconds
 
+    def add_scoring_call(self, sequences: int, prompt_tokens: int, seconds: float) -> None:
+        """Count one forward-only call (log-probs of given text, next-token log-probs): nothing is generated."""
+        self.calls += 1
+        self.sequences += sequences
+        self.prompt_tokens += prompt_tokens
+        self.seconds += seconds
+
     def snapshot(self) -> dict[str, float]:
         return {
             "calls": self.calls,

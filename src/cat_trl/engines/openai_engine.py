@@ -333,9 +333,7 @@ class OpenAIEngine(Engine):
             return out
 
         results = self._map(one, list(conversations))
-        self.stats.calls += 1
-        self.stats.sequences += len(results)
-        self.stats.seconds += time.perf_counter() - start
+        self.stats.add_scoring_call(len(results), 0, time.perf_counter() - start)
         return results
 
 

@@ -350,7 +350,7 @@ class TransformersEngine(TokenizerBudget, Engine):
                 width = max(len(s) for s in seqs)
                 # Left padding puts every continuation at the right edge, so only the last `keep` positions need
                 # logits (vocab x prompt length is never materialised), and log p = logit - logsumexp avoids a
-                # full log-softmax tensor (1.25x faster than right padding + full log-softmax on CPU, README Performance).
+                # full log-softmax tensor (faster than right padding + log-softmax: benchmarks/run.py measures it).
                 ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
                 mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -373,10 +373,7 @@ class TransformersEngine(TokenizerBudget, Engine):
                     row_logits = logits[row, longest - c :]
                     picked = row_logits.gather(-1, targets[row, longest - c :, None]).squeeze(-1).float()
                     results[i] = (picked - torch.logsumexp(row_logits.float(), dim=-1)).tolist()
-        self.stats.calls += 1
-        self.stats.sequences += len(pairs)
-        self.stats.prompt_tokens += sum(len(p) + len(c) for p, c in pairs)
-        self.stats.seconds += time.perf_counter() - start
+        self.stats.add_scoring_call(len(pairs), sum(len(p) + len(c) for p, c in pairs), time.perf_counter() - start)
         return results
 
     def next_token_logprobs(
@@ -436,10 +433,7 @@ class TransformersEngine(TokenizerBudget, Engine):
                 ).logits[:, -1]
                 for row, i in enumerate(idx):
                     record(i, logits[row])
-        self.stats.calls += 1
-        self.stats.sequences += len(prompts)
-        self.stats.prompt_tokens += sum(len(p) for p in prompts)
-        self.stats.seconds += time.perf_counter() - start
+        self.stats.add_scoring_call(len(prompts), sum(len(p) for p in prompts), time.perf_counter() - start)
         return results
 
 

@@ -282,10 +282,7 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
                 lp = entry.get(token) if entry else None
                 row.append(float(getattr(lp, "logprob", lp)) if lp is not None else float("-inf"))
             results.append(row)
-        self.stats.calls += 1
-        self.stats.sequences += len(pairs)
-        self.stats.prompt_tokens += sum(len(p) + len(c) for p, c in pairs)
-        self.stats.seconds += time.perf_counter() - start
+        self.stats.add_scoring_call(len(pairs), sum(len(p) + len(c) for p, c in pairs), time.perf_counter() - start)
         return results
 
 
