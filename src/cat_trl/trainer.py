@@ -49,14 +49,43 @@ logger = logging.getLogger(__name__)
 
 
 class CaTGRPOTrainer(GRPOTrainer):
-    """`GRPOTrainer` for Compute as Teacher.
+    """`GRPOTrainer` for Compute as Teacher: every reward call sees a reference that the frozen anchor pi_0
+    synthesized from the whole group of G rollouts (never from labels).
 
-    Args (beyond `GRPOTrainer`'s):
-        reward_funcs: defaults to `[CaTMathReward(args.cat_match)]`.
-        anchor_engine: an `Engine` for pi_0; built from `args.cat_anchor_*` when None (transformers engine on the
-            PEFT base, TRL's reference model or a frozen copy).
-        estimator: a `ReferenceEstimator`; built from `args.cat_estimator` when None.
-        anchor_model_name_or_path: the initial checkpoint for a `copy` anchor (never a resumed checkpoint).
+    Only `_calculate_rewards` is overridden: it gathers the global batch, cuts it into groups of G, has the
+    estimator produce one reference per group, strips label columns and adds `cat_reference` (and `cat_rubric`)
+    to every input before TRL's own reward computation, advantages and logging run unchanged.
+
+    Args:
+        model (`str` or `PreTrainedModel` or `PeftModel`): the policy, as for `GRPOTrainer`.
+        reward_funcs (`list`, *optional*): TRL reward functions. Defaults to `[CaTMathReward(...)]` for
+            `cat_reward: math`, or the rubric / judge rewards built from `args` for open-ended rewards.
+        args (`CaTGRPOConfig`, *optional*): GRPO settings plus the `cat_*` settings.
+        *pos, **kwargs: the rest of `GRPOTrainer`'s arguments (`train_dataset`, `processing_class`, `peft_config`, ...).
+        anchor_engine (`Engine`, *optional*): the engine running pi_0; built from `args.cat_anchor_*` when None
+            (on the PEFT base, TRL's reference model, a frozen copy, the colocated vLLM engine or a server).
+        estimator (`ReferenceEstimator`, *optional*): built from `args.cat_estimator` when None.
+        anchor_model_name_or_path (`str`, *optional*): the initial checkpoint for a `copy` anchor (never a resumed
+            checkpoint).
+
+    Attributes set here: `cat_engine`, `cat_estimator`, `cat_anchor_source` (`peft_base` / `ref_model` / `copy` /
+    `server`), `cat_anchor_kind` (engine really used), `cat_budget`, `cat_group_log`.
+
+    Example:
+
+    ```python
+    from cat_trl import CaTGRPOConfig, CaTGRPOTrainer
+    from cat_trl.data import load_synthetic_math
+    from cat_trl.models import resolve_model_path
+
+    model = resolve_model_path("smollm2-135m-instruct")  # the embedded model, converted once, offline
+    args = CaTGRPOConfig(output_dir="cat-out", num_generations=4, per_device_train_batch_size=4, max_steps=1,
+                         max_completion_length=32, cat_anchor_max_new_tokens=48, use_cpu=True, bf16=False,
+                         model_init_kwargs={"dtype": "float32"},  # float32: bf16 matmuls are slow on most CPUs
+                         report_to=[])
+    trainer = CaTGRPOTrainer(model, args=args, train_dataset=load_synthetic_math(8))
+    trainer.train()
+    ```
     """
 
     _tag_names = ["trl", "grpo", "cat"]

@@ -20,9 +20,25 @@ class CaTMathReward:
     Gold answers are never read: only `completions` and `cat_reference` enter the score.
 
     Args:
-        match: `"string"` (normalised string equality, the paper's choice) or `"equivalent"` (symmetric math-verify).
-        timeout: per-comparison math-verify timeout in seconds (`equivalent` mode).
-        extraction: `"boxed"` (the paper's) or `"boxed_or_final"` (fall back to "final answer is ...").
+        match (`str`): `"string"` (normalised string equality, the paper's choice) or `"equivalent"` (symmetric
+            math-verify).
+        timeout (`float`, *optional*): per-comparison math-verify timeout in seconds (`equivalent` mode).
+        extraction (`str`): `"boxed"` (the paper's) or `"boxed_or_final"` (fall back to "final answer is ...").
+
+    Returns (from `__call__(completions, cat_reference, ...)`):
+        `list[float | None]`: 1.0 / 0.0 per completion; None for every completion whose reference has no answer.
+
+    Example:
+
+    ```python
+    >>> from cat_trl.rewards import CaTMathReward
+    >>> reward = CaTMathReward()
+    >>> reward(["so \\\\boxed{4}", "I get \\\\boxed{5}", "no idea"], cat_reference=["# UNIFIED: \\\\boxed{4}"] * 3)
+    [1.0, 0.0, 0.0]
+    >>> reward(["\\\\boxed{4}"], cat_reference=["the anchor wrote no answer"])
+    [None]
+
+    ```
     """
 
     __name__ = "cat_math_reward"
