@@ -163,7 +163,7 @@ def check_lengths(args: CaTGRPOConfig, model_path: str, dataset) -> None:
     otherwise reach the first generation and try to allocate hundreds of GB."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from ..anchor import anchor_sampling
+    from ..from_config import anchor_sampling
     from ..engines.base import Engine, TokenizerBudget
     from ..estimators import SynthesisEstimator
 
