@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
+import yaml
 from cat_trl import cli
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"

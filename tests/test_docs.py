@@ -7,7 +7,6 @@ import os
 import re
 import textwrap
 
-import pytest
 
 import cat_trl.rewards.verifiable as verifiable
 from cat_trl.trainer import CaTGRPOTrainer

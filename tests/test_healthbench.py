@@ -244,13 +244,13 @@ def test_healthbench_eval_unreachable_grader_fails_first(tmp_path, capsys):
 
 
 def test_holdout_from_training_file_and_thinking_stripped(tmp_path):
-    from cat_trl.cli.healthbench_eval import _examples, _parser
+    from cat_trl.cli.healthbench_eval import _examples, parse_args
     from cat_trl.messages import strip_thinking as _strip_thinking
 
     subset = tmp_path / "hard.jsonl"
     subset.write_text("".join(line + "\n" for line in FIXTURE.read_text().splitlines()[:3]))
-    args = _parser().parse_args(["--data", str(subset), "--holdout-from", str(FIXTURE), "--holdout", "2",
-                                 "--responses", "x", "--grader-base-url", "u"])
+    args = parse_args(["--data", str(subset), "--holdout-from", str(FIXTURE), "--holdout", "2",
+                       "--responses", "x", "--grader-base-url", "u", "--grader-model", "g"])
     held = {r["prompt_id"] for r in split_healthbench(_records(), 2, seed=0)[1]}
     assert {e["prompt_id"] for e in _examples(args)} == held & {r["prompt_id"] for r in _records()[:3]}
     assert _strip_thinking("<think>hmm\nlong</think>\nSee a doctor.") == "See a doctor."

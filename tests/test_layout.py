@@ -24,6 +24,7 @@ LAYERS = [
     ("config", "script_args", "from_config", "callbacks"),
     ("trainer",),
     ("evaluation",),
+    ("comparison",),
     ("cli",),
 ]
 

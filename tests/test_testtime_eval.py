@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from cat_trl.answers import AnswerMatcher
+from cat_trl.cli.eval import load_config, run
+from cat_trl.cli.eval import main as eval_main
 from cat_trl.engines import SamplingSettings, TransformersEngine
 from cat_trl.engines.base import Engine, Generation
 from cat_trl.estimators import (
@@ -20,7 +22,6 @@ from cat_trl.estimators import (
     SelfBoNEstimator,
     parse_choice,
 )
-from cat_trl.cli.eval import load_config, main as eval_main, run
 from cat_trl.evaluation.testtime import (
     AnswerScorer,
     MethodRun,

@@ -17,6 +17,9 @@ commands:
   sweep SWEEP.yaml [--local] [--dry_run] [-- extra args]
           Grid over G (prompts per step fixed): creates the W&B sweep, or runs it here offline with --local and
           writes a comparison table and plot.
+  compare CONFIG.yaml [--key value ...]
+          A learning comparison: CaT-RL vs majority / selection estimators / GRPO on gold labels / CaT-SFT, all
+          from one initial model, scored on a held-out split -> compare_results.json, report and plot.
   healthbench-eval --policy MODEL --grader-base-url URL --grader-model NAME [...]
           Score a policy on the HealthBench hold-out with the physician rubrics (see --help).
 """
@@ -47,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .sweep import main as sweep_main
 
         return sweep_main(rest)
+    if command == "compare":
+        from .compare import main as compare_main
+
+        return compare_main(rest)
     if command == "healthbench-eval":
         from .healthbench_eval import main as hb_main
 

@@ -3,10 +3,13 @@
     cat-trl eval yaml/eval/quickstart-cpu.yaml                      # embedded model, MATH-500 subset, CPU
     cat-trl eval yaml/eval/math500-qwen3-4b.yaml --num_generations "[1, 8]"
 
-The YAML is flat, like a training recipe: the dataset and prompt keys are exactly `cat-trl train`'s
-(`dataset_name`, `dataset_max_samples`, `prompt_instruction`, `system_prompt`, ...), the rest are the `EvalConfig`
-fields below. Unknown keys are an error. Writes `eval_results.json`, `eval_report.md` and `eval_accuracy.png` to
-`output_dir` (and, with `report_to: wandb`, the same numbers, table and plot to W&B).
+The YAML is flat, like a training recipe, and parsed the same way (`trl.TrlParser`): the dataset and prompt keys are
+exactly `cat-trl train`'s (`CaTScriptArguments`: `dataset_name`, `dataset_max_samples`, `prompt_instruction`,
+`system_prompt`, ...; here `dataset_train_split` defaults to `test`), the rest are the `EvalConfig` fields below, and
+an `env:` block sets environment variables (over the shell's, as in training). `--key value` overrides a key; list
+and dict values are YAML (`--num_generations "[1, 8]"`). Unknown keys are an error. Writes `eval_results.json`,
+`eval_report.md` and `eval_accuracy.png` to `output_dir` (and, with `report_to: wandb`, the same numbers, table and
+plot to W&B; the project is `WANDB_PROJECT`, default `cat-trl`).
 """
 
 from __future__ import annotations
@@ -16,86 +19,83 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import yaml
-
+from ..answers import EXTRACTIONS, MATCH_MODES
 from ..evaluation.testtime import METHODS
+from ..script_args import CaTScriptArguments
+from .common import (
+    CliError,
+    CliParser,
+    GraderArguments,
+    check_at_least_one,
+    check_fields,
+    resolve_device,
+)
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(GraderArguments):
     """Everything `cat-trl eval` needs besides the dataset keys (shared with `cat-trl train`)."""
 
-    model_name_or_path: str = "smollm2-135m-instruct"
-    dtype: str = "auto"
-    device: str = "auto"
-    num_generations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    model_name_or_path: str = field(default="smollm2-135m-instruct",
+                                    metadata={"help": "The policy: a local checkpoint, a hub id or an alias."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype.",
+                                                 "choices": ["auto", "bfloat16", "float16", "float32"]})
+    device: str = field(default="auto", metadata={"help": "`auto`: cuda when available, else cpu."})
+    num_generations: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={
+        "help": "The G values every method is evaluated at (one pool of max(G) rollouts per question)."})
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"choices": list(METHODS)})
     # policy sampling (the pool); the paper uses each model's recommended settings
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0
+    top_k: int = field(default=0, metadata={"help": "0 = off."})
     min_p: float | None = None
     max_new_tokens: int = 1024
     seed: int = 0
-    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = field(
+        default=None, metadata={"help": "e.g. {enable_thinking: false}"})
     # synthesis (anchor = the same model); unset values follow the policy's sampling
-    anchor_max_new_tokens: int | None = None
-    anchor_temperature: float | None = None
-    synthesis_prompt: str | None = None
+    anchor_max_new_tokens: int | None = field(default=None, metadata={"help": "Unset: max_new_tokens."})
+    anchor_temperature: float | None = field(default=None, metadata={"help": "Unset: temperature."})
+    synthesis_prompt: str | None = field(default=None, metadata={
+        "help": "Override the synthesis prompt (one prompt for both synthesis methods): needs {responses}; "
+        "{question} only without the question-blind `synthesis` method."})
     # Self-BoN's choice: greedy by default (a selection, not a sample)
     selector_max_new_tokens: int = 256
     selector_temperature: float = 0.0
     # scoring (verifiable tasks)
-    answer_extraction: str = "boxed"
-    match: str = "equivalent"  # "string" or "equivalent" (math-verify)
+    answer_extraction: str = field(default="boxed", metadata={"choices": list(EXTRACTIONS)})
+    match: str = field(default="equivalent", metadata={"help": "`string` or `equivalent` (math-verify).",
+                                                       "choices": list(MATCH_MODES)})
     match_timeout: float = 5.0
-    # open-ended tasks (HealthBench): the physician-rubric grader
-    grader_base_url: str | None = None
-    grader_model: str | None = None
-    grader_api_key_env: str = "OPENAI_API_KEY"
-    grader_local: str | None = None
-    grader_concurrency: int = 16
-    single_rollouts: int | None = None  # rollouts per question graded for Single (default: all G_max)
+    # open-ended tasks (HealthBench): the grader_* keys are GraderArguments' (a local grader uses device, batch_size)
+    single_rollouts: int | None = field(default=None, metadata={
+        "help": "Rollouts per question graded for Single (unset: all max(G))."})
     # execution
-    batch_size: int | None = None  # sequences per engine micro-batch
-    questions_per_call: int = 8  # questions per pool-sampling call (one progress step)
+    batch_size: int | None = field(default=None, metadata={"help": "Sequences per engine micro-batch."})
+    questions_per_call: int = field(default=8, metadata={"help": "Questions per pool-sampling call (one progress "
+                                                                 "step)."})
     max_context: int | None = None
     progress: bool = True
     # outputs
     output_dir: str = "outputs/eval"
-    report_to: str = "none"  # "none" | "wandb"
-    wandb_project: str = "cat-trl"
+    report_to: str = field(default="none", metadata={"choices": ["none", "wandb"]})
     run_name: str | None = None
 
-    def validate(self) -> None:
-        from ..answers import EXTRACTIONS, MATCH_MODES
-
+    def __post_init__(self):
+        check_fields(self)
         gs = self.num_generations
-        if not isinstance(gs, list) or not gs or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1
-                                                         for g in gs):
+        if not gs or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in gs):
             raise ValueError(f"num_generations must be a non-empty list of positive integers, got {gs!r}")
-        if not isinstance(self.methods, list) or not self.methods:
-            raise ValueError(f"methods must be a non-empty list, got {self.methods!r}")
-        if unknown := [m for m in self.methods if m not in METHODS]:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-        if self.match not in MATCH_MODES:
-            raise ValueError(f"match must be one of {MATCH_MODES}, got {self.match!r}")
-        if self.answer_extraction not in EXTRACTIONS:
-            raise ValueError(f"answer_extraction must be one of {EXTRACTIONS}, got {self.answer_extraction!r}")
-        if self.report_to not in ("none", "wandb"):
-            raise ValueError(f"report_to must be 'none' or 'wandb', got {self.report_to!r}")
-        for name in ("max_new_tokens", "selector_max_new_tokens", "questions_per_call", "grader_concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("anchor_max_new_tokens", "batch_size", "max_context", "single_rollouts"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
+        if not self.methods:
+            raise ValueError("methods must be a non-empty list")
+        check_at_least_one(self, "max_new_tokens", "selector_max_new_tokens", "questions_per_call",
+                           "anchor_max_new_tokens", "batch_size", "max_context", "single_rollouts")
+        super().__post_init__()
         listed = [m for m in ("synthesis", "synthesis_with_question") if m in self.methods]
         if self.synthesis_prompt is not None and listed:
             from ..estimators.prompts import QUESTION, validate_template
@@ -117,45 +117,23 @@ class EvalConfig:
                                 top_k=self.top_k, min_p=self.min_p, seed=self.seed)
 
 
-def load_config(path: str, overrides: Sequence[str] = ()) -> tuple[EvalConfig, Any]:
-    """(EvalConfig, CaTScriptArguments) from a flat YAML plus `--key value` overrides (values parsed as YAML)."""
-    from ..script_args import CaTScriptArguments
-    from .recipe import load_mapping
-
-    raw = load_mapping(path, "eval config")
-    overrides = list(overrides)
-    while overrides:
-        key = overrides.pop(0)
-        if not key.startswith("--"):
-            raise ValueError(f"expected --key value, got {key!r}")
-        key, _, value = key[2:].partition("=")
-        if not value:
-            if not overrides:
-                raise ValueError(f"--{key} needs a value")
-            value = overrides.pop(0)
-        raw[key] = yaml.safe_load(value)
-    for key, value in (raw.pop("env", None) or {}).items():
-        os.environ.setdefault(str(key), str(value))
-    eval_keys = {f.name for f in fields(EvalConfig)}
-    data_keys = {f.name for f in fields(CaTScriptArguments)}
-    unknown = sorted(k for k in raw if k not in eval_keys | data_keys)
-    if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}. Eval settings: {sorted(eval_keys)}; dataset "
-                         f"settings are cat-trl train's ({', '.join(sorted(k for k in data_keys if 'dataset' in k))},"
-                         " prompt_instruction, system_prompt, ...).")
-    config = EvalConfig(**{k: v for k, v in raw.items() if k in eval_keys})
-    data = {k: v for k, v in raw.items() if k in data_keys and k not in eval_keys}
-    data.setdefault("dataset_train_split", "test")  # MATH-500's only split; HealthBench's hold-out
-    config.validate()
-    return config, CaTScriptArguments(**data)
+#: keys that are gone, and what replaces them
+REMOVED = {
+    # It duplicated WANDB_PROJECT (and, passed to wandb.init, overrode the recipes' `env: WANDB_PROJECT`).
+    "wandb_project": "set WANDB_PROJECT in the config's `env:` block instead (as for `cat-trl train`)",
+}
 
 
-def _device(config: EvalConfig) -> str:
-    if config.device != "auto":
-        return config.device
-    import torch
+def make_parser() -> CliParser:
+    parser = CliParser((EvalConfig, CaTScriptArguments), "eval", removed=REMOVED)
+    parser.set_defaults(dataset_train_split="test")  # MATH-500's only split; HealthBench's hold-out
+    return parser
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> tuple[EvalConfig, CaTScriptArguments]:
+    """(EvalConfig, CaTScriptArguments) from a flat YAML plus `--key value` overrides (list and dict values in YAML
+    syntax, e.g. `--num_generations "[1, 8]"`). Every problem is a one-line `CliError` (a ValueError)."""
+    return make_parser().parse(["--config", path, *overrides])
 
 
 def _rows(script_args, open_ended: bool) -> list[dict[str, Any]]:
@@ -182,31 +160,15 @@ def _rows(script_args, open_ended: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _scorer(config: EvalConfig, open_ended: bool, matcher, extract):
+def _scorer(config: EvalConfig, open_ended: bool, matcher, extract, device: str):
     from ..evaluation.testtime import AnswerScorer, RubricGraderScorer
 
     if not open_ended:
         return AnswerScorer(matcher, extract)
     from ..evaluation.healthbench_grader import HealthBenchGrader
 
-    if config.grader_base_url:
-        if not config.grader_model:
-            raise ValueError("grader_base_url needs grader_model (the served grader name, e.g. gpt-4o-2024-08-06)")
-        from ..engines.openai_engine import OpenAIEngine
-
-        engine = OpenAIEngine(config.grader_base_url, config.grader_model, api_key_env=config.grader_api_key_env,
-                              max_concurrency=config.grader_concurrency)
-        engine.check()  # an unreachable grader fails now, before any rollout is sampled
-    elif config.grader_local:
-        from ..engines.transformers_engine import TransformersEngine
-        from ..models import resolve_model_path
-
-        engine = TransformersEngine.from_pretrained(resolve_model_path(config.grader_local), device=_device(config),
-                                                    batch_size=config.batch_size)
-    else:
-        raise ValueError("HealthBench is scored by the physician-rubric grader: set grader_base_url + grader_model "
-                         "(e.g. GPT-4o, as in the paper) or grader_local (a local model, for smoke tests).")
-    return RubricGraderScorer(HealthBenchGrader(engine))
+    # run() refused a HealthBench config without a grader; a server is checked here, before any rollout is sampled
+    return RubricGraderScorer(HealthBenchGrader(config.grader_engine(device, config.batch_size)))
 
 
 class EvalConfigError(ValueError):
@@ -219,13 +181,12 @@ def run(config: EvalConfig, script_args) -> dict[str, Any]:
 
     from ..answers import AnswerMatcher, get_extractor
     from ..data import resolve_format
-    from ..engines.transformers_engine import TransformersEngine
+    from ..engines.factory import EngineSpec, build_engine
     from ..estimators.prompts import MATH_SYNTHESIS_PROMPT
     from ..evaluation.report import write_reports
     from ..evaluation.testtime import build_methods, evaluate_pool, sample_pool
-    from ..models import resolve_model_path
-    from ..rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT
     from ..messages import strip_thinking
+    from ..rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT
     from .recipe import check_model_source
 
     try:  # everything that can be wrong with the config or the data surfaces here, before any model loads
@@ -234,15 +195,19 @@ def run(config: EvalConfig, script_args) -> dict[str, Any]:
             raise ValueError(f"method(s) {bad} need final answers; remove them for HealthBench")
         matcher = AnswerMatcher(config.match, config.match_timeout)
         extract = get_extractor(config.answer_extraction)
+        if open_ended and not (config.grader_base_url or config.grader_local):
+            raise ValueError("HealthBench is scored by the physician-rubric grader: set grader_base_url + grader_model "
+                             "(e.g. GPT-4o, as in the paper) or grader_local (a local model, for smoke tests).")
         rows = _rows(script_args, open_ended)
-        scorer = _scorer(config, open_ended, matcher, extract)
-        device = _device(config)
         check_model_source(config.model_name_or_path)
+        if open_ended and config.grader_local:
+            check_model_source(config.grader_local, "grader_local")
+        device = resolve_device(config.device)
+        scorer = _scorer(config, open_ended, matcher, extract, device)
     except (ValueError, FileNotFoundError, OSError) as err:
         raise EvalConfigError(str(err)) from err
-    engine = TransformersEngine.from_pretrained(resolve_model_path(config.model_name_or_path), dtype=config.dtype,
-                                                device=device, batch_size=config.batch_size,
-                                                max_context_tokens=config.max_context)
+    engine = build_engine(EngineSpec("transformers", model=config.model_name_or_path, dtype=config.dtype,
+                                     device=device, batch_size=config.batch_size, max_context=config.max_context))
     sampling = config.sampling()
     gs = sorted(set(config.num_generations))
     start = time.perf_counter()
@@ -288,8 +253,8 @@ def run(config: EvalConfig, script_args) -> dict[str, Any]:
 def _log_wandb(result: dict[str, Any], config: EvalConfig, paths) -> None:
     import wandb
 
-    run = wandb.init(project=config.wandb_project, name=config.run_name, job_type="eval", dir=config.output_dir,
-                     config={**result["meta"]["config"], "data": result["meta"]["data"]})
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "cat-trl", name=config.run_name, job_type="eval",
+                     dir=config.output_dir, config={**result["meta"]["config"], "data": result["meta"]["data"]})
     table = wandb.Table(columns=["method", "G", "accuracy", "se", "generations", "generated_tokens"])
     for method, by_g in result["accuracy"].items():
         for g, acc in by_g.items():
@@ -319,24 +284,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        from ..script_args import CaTScriptArguments
-
-        print("settings (defaults):")
-        for f in fields(EvalConfig):
-            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-            print(f"  {f.name}: {default!r}")
-        print("dataset settings, shared with `cat-trl train` (defaults):")
-        for f in fields(CaTScriptArguments):
-            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-            help_text = (f.metadata or {}).get("help", "")
-            print(f"  {f.name}: {default!r}" + (f"  -- {help_text}" if help_text else ""))
+    if not argv or "-h" in argv or "--help" in argv:
+        make_parser().print_settings(__doc__)
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config, script_args = load_config(argv[0], argv[1:])
-    except (OSError, ValueError, TypeError) as err:
+    except (CliError, OSError) as err:
         print(f"cat-trl eval: {err}", file=sys.stderr)
         return 2
     try:

@@ -6,57 +6,100 @@
 The hold-out is the same seeded split the trainer excludes (`--holdout`, `--seed`). Responses come from a local
 checkpoint (`--policy`), a served model (`--policy-base-url` + `--policy`) or a JSONL of `{prompt_id, response}`
 (`--responses`). The grader is any OpenAI-compatible server (`--grader-base-url`) or a local model
-(`--grader-local`). The grader's name is printed beside every score.
+(`--grader-local`). The grader's name is printed beside every score. Flags take either spelling (`--grader-base-url`,
+`--grader_base_url`); `--config FILE.yaml` reads the same settings as `key: value` lines (flags override them).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from ..data.healthbench import HEALTHBENCH_HUB_ID, read_healthbench, split_healthbench
+from ..data.healthbench import (
+    HEALTHBENCH_FILES,
+    HEALTHBENCH_HUB_ID,
+    read_healthbench,
+    split_healthbench,
+)
 from ..engines.base import SamplingSettings
 from ..messages import strip_thinking
+from .common import (
+    CliParser,
+    GraderArguments,
+    check_at_least_one,
+    check_fields,
+    resolve_device,
+)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cat-trl healthbench-eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=HEALTHBENCH_HUB_ID, help="local HealthBench JSONL or openai/healthbench")
-    p.add_argument("--subset", default="all", help="hub file: all | hard | consensus")
-    p.add_argument("--holdout", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", choices=["eval", "train"], default="eval")
-    p.add_argument("--holdout-from", default=None, help="the file training used (e.g. the `all` JSONL): the "
-                   "hold-out is drawn from it and intersected with --data (for hard/consensus evaluation)")
-    p.add_argument("--max-examples", type=int, default=None)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--policy", help="checkpoint path / alias, or the served name with --policy-base-url")
-    src.add_argument("--responses", help="JSONL with prompt_id and response")
-    p.add_argument("--policy-base-url", default=None)
-    p.add_argument("--policy-max-new-tokens", type=int, default=1024)
-    p.add_argument("--policy-temperature", type=float, default=0.0)
-    p.add_argument("--policy-batch-size", type=int, default=8)
-    p.add_argument("--chat-template-kwargs", type=json.loads, default=None,
-                   help='JSON, as in training, e.g. \'{"enable_thinking": false}\'')
-    p.add_argument("--system-prompt", default=None, help="system message used in training, if any")
-    p.add_argument("--device", default=None, help="local models: default cuda when available, else cpu")
-    grader = p.add_mutually_exclusive_group(required=True)
-    grader.add_argument("--grader-base-url", help="OpenAI-compatible grader server")
-    grader.add_argument("--grader-local", help="local grader checkpoint / alias")
-    p.add_argument("--grader-model", default=None, help="served grader name (with --grader-base-url)")
-    p.add_argument("--grader-api-key-env", default="OPENAI_API_KEY")
-    p.add_argument("--grader-template", default=None, help="file with a grader prompt (<<conversation>>, "
-                   "<<rubric_item>>), e.g. simple-evals' GRADER_TEMPLATE for leaderboard-identical grading")
-    p.add_argument("--grader-max-attempts", type=int, default=5)
-    p.add_argument("--grader-max-new-tokens", type=int, default=2048)
-    p.add_argument("--grader-concurrency", type=int, default=16)
-    p.add_argument("--grader-batch-size", type=int, default=8, help="local grader: sequences per generate call")
-    p.add_argument("--bootstrap-samples", type=int, default=1000)
-    p.add_argument("--output", default="healthbench_eval.json")
-    return p
+@dataclass
+class HealthBenchEvalArguments(GraderArguments):
+    """Everything `cat-trl healthbench-eval` needs (`--flag-name value`, or `flag_name: value` in a --config YAML)."""
+
+    # The data keys mean what `CaTScriptArguments`' do in a training recipe (data ~ dataset_name, subset ~
+    # healthbench_subset, holdout ~ healthbench_holdout, seed ~ healthbench_seed, system_prompt), but keep this
+    # command's flags: `--data`, `--holdout`, ... are its documented (and tested) command line, and a TrlParser can only
+    # take CaTScriptArguments whole -- ~20 more keys (synthetic_*, prompt_instruction, prompts_per_step, dataset_*) that
+    # mean nothing here, since this command reads the official JSONL itself rather than building a training dataset.
+    data: str = field(default=HEALTHBENCH_HUB_ID, metadata={"help": "Local HealthBench JSONL or openai/healthbench."})
+    subset: str = field(default="all", metadata={"help": "Hub file (openai/healthbench only).",
+                                                 "choices": list(HEALTHBENCH_FILES)})
+    holdout: int = field(default=500, metadata={"help": "Examples held out (seeded), as training's "
+                                                        "healthbench_holdout."})
+    seed: int = field(default=0, metadata={"help": "Seed of the hold-out split, as training's healthbench_seed."})
+    split: str = field(default="eval", metadata={"help": "`eval` = the hold-out.", "choices": ["eval", "train"]})
+    holdout_from: str | None = field(default=None, metadata={
+        "help": "The file training used (e.g. the `all` JSONL): the hold-out is drawn from it and intersected with "
+        "--data (for hard/consensus evaluation)."})
+    max_examples: int | None = None
+    # responses: from a model, or given
+    policy: str | None = field(default=None, metadata={
+        "help": "Checkpoint path / alias, or the served name with --policy-base-url."})
+    responses: str | None = field(default=None, metadata={"help": "JSONL with prompt_id and response (instead of "
+                                                                  "--policy)."})
+    policy_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server serving --policy."})
+    policy_max_new_tokens: int = 1024
+    policy_temperature: float = 0.0
+    policy_batch_size: int = field(default=8, metadata={"help": "Local policy: sequences per generate call."})
+    chat_template_kwargs: dict[str, Any] | None = field(default=None, metadata={
+        "help": 'As in training, JSON or YAML, e.g. \'{"enable_thinking": false}\'.'})
+    system_prompt: str | None = field(default=None, metadata={"help": "System message used in training, if any."})
+    device: str = field(default="auto", metadata={"help": "Local models; `auto`: cuda when available, else cpu."})
+    # the grader: grader_base_url, grader_model, grader_local, ... are GraderArguments' (shared with `cat-trl eval`)
+    grader_template: str | None = field(default=None, metadata={
+        "help": "File with a grader prompt (<<conversation>>, <<rubric_item>>), e.g. simple-evals' GRADER_TEMPLATE "
+        "for leaderboard-identical grading."})
+    grader_max_attempts: int = 5
+    grader_max_new_tokens: int = 2048
+    grader_batch_size: int = field(default=8, metadata={"help": "Local grader: sequences per generate call."})
+    bootstrap_samples: int = 1000
+    output: str = "healthbench_eval.json"
+
+    def __post_init__(self):
+        if bool(self.policy) == bool(self.responses):
+            raise ValueError("set one of --policy (a model to generate the responses) or --responses (a JSONL of them)")
+        if not (self.grader_base_url or self.grader_local):
+            raise ValueError("set --grader-base-url (+ --grader-model) or --grader-local")
+        super().__post_init__()
+        if self.policy_base_url and not self.policy:
+            raise ValueError("--policy-base-url needs --policy (the served model name)")
+        check_fields(self)
+        check_at_least_one(self, "max_examples", "policy_max_new_tokens", "policy_batch_size", "grader_max_attempts",
+                           "grader_max_new_tokens", "grader_batch_size", "bootstrap_samples")
+
+
+def make_parser() -> CliParser:
+    return CliParser([HealthBenchEvalArguments], "healthbench-eval")
+
+
+def parse_args(argv: Sequence[str]) -> HealthBenchEvalArguments:
+    """The arguments from `[--config FILE.yaml] [--flag value ...]`; problems are one-line `CliError`s."""
+    (args,) = make_parser().parse(argv)
+    return args
 
 
 def _examples(args) -> list[dict]:
@@ -74,14 +117,6 @@ def _examples(args) -> list[dict]:
     return examples[: args.max_examples] if args.max_examples else examples
 
 
-def _device(args) -> str:
-    if args.device:
-        return args.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _responses(args, examples: list[dict]) -> list[str]:
     if args.responses:
         with open(args.responses) as f:
@@ -90,17 +125,16 @@ def _responses(args, examples: list[dict]) -> list[str]:
         if missing:
             raise ValueError(f"{args.responses} has no response for {len(missing)} prompt_id(s), e.g. {missing[:3]}")
         return [given[str(e["prompt_id"])] for e in examples]
+    from ..engines.factory import EngineSpec, build_engine
+
     sampling = SamplingSettings(max_new_tokens=args.policy_max_new_tokens, temperature=args.policy_temperature)
-    if args.policy_base_url:
-        from ..engines.openai_engine import OpenAIEngine
-
-        engine = OpenAIEngine(args.policy_base_url, args.policy, max_concurrency=args.grader_concurrency)
+    if args.policy_base_url:  # the policy server gets the grader's request concurrency (there is no separate key)
+        spec = EngineSpec("openai", weights="server", model=args.policy, base_url=args.policy_base_url,
+                          max_concurrency=args.grader_concurrency)
     else:
-        from ..engines.transformers_engine import TransformersEngine
-        from ..models import resolve_model_path
-
-        engine = TransformersEngine.from_pretrained(resolve_model_path(args.policy), device=_device(args),
-                                                    batch_size=args.policy_batch_size)
+        spec = EngineSpec("transformers", model=args.policy, device=resolve_device(args.device),
+                          batch_size=args.policy_batch_size)
+    engine = build_engine(spec)
     conversations = []
     for e in examples:
         conv = [dict(m) for m in e["prompt"]]
@@ -117,20 +151,7 @@ def _grader(args):
         HealthBenchGrader,
     )
 
-    if args.grader_base_url:
-        if not args.grader_model:
-            raise ValueError("--grader-base-url needs --grader-model (the served grader name, e.g. gpt-4o-2024-08-06)")
-        from ..engines.openai_engine import OpenAIEngine
-
-        engine = OpenAIEngine(args.grader_base_url, args.grader_model, api_key_env=args.grader_api_key_env,
-                              max_concurrency=args.grader_concurrency)
-        engine.check()  # an unreachable grader fails now, not after every response was generated
-    else:
-        from ..engines.transformers_engine import TransformersEngine
-        from ..models import resolve_model_path
-
-        engine = TransformersEngine.from_pretrained(resolve_model_path(args.grader_local), device=_device(args),
-                                                    batch_size=args.grader_batch_size)
+    engine = args.grader_engine(args.device, args.grader_batch_size)  # a server is checked now, before generation
     template = GRADER_PROMPT
     if args.grader_template:
         with open(args.grader_template) as f:
@@ -143,14 +164,18 @@ def _grader(args):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        make_parser().print_settings(__doc__)
+        return 0
     from ..engines.openai_engine import EngineError
 
     try:
+        args = parse_args(argv)
         examples = _examples(args)  # data problems fail before any model loads
         grader = _grader(args)
         responses = _responses(args, examples)
-    except (ValueError, FileNotFoundError, EngineError) as err:
+    except (ValueError, FileNotFoundError, EngineError) as err:  # ValueError includes the CliError of parse_args
         print(f"cat-trl healthbench-eval: {err}", file=sys.stderr)
         return 2
     from ..evaluation.healthbench_grader import format_score

@@ -163,9 +163,9 @@ def check_lengths(args: CaTGRPOConfig, model_path: str, dataset) -> None:
     otherwise reach the first generation and try to allocate hundreds of GB."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from ..from_config import anchor_sampling
     from ..engines.base import Engine, TokenizerBudget
     from ..estimators import SynthesisEstimator
+    from ..from_config import anchor_sampling
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     config = AutoConfig.from_pretrained(model_path)

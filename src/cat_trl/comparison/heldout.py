@@ -1,0 +1,144 @@
+"""Held-out evaluation of a policy during and after training: greedy accuracy and sampled pass@1 on problems the
+training never sees, with standard errors over problems.
+
+The same evaluator scores every arm of a comparison at the same steps (same problems, same decoding, same seed), so
+differences between arms are differences between policies. Scoring reads the gold answers: that is evaluation, not a
+reward; the held-out rows are never part of a training set (`split_heldout` dedupes by question text).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ..answers import AnswerMatcher
+from ..engines.base import Engine, SamplingSettings
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (sample std / sqrt(n); 0 for n < 2)."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def split_heldout(rows: list[dict[str, Any]], size: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out): `size` problems drawn with `seed` are held out, and every training row whose question
+    text equals a held-out question is dropped too, so no held-out problem is ever trained on."""
+    if not 0 < size < len(rows):
+        raise ValueError(f"heldout_size={size} must be between 1 and the number of problems - 1 ({len(rows) - 1})")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = [rows[i] for i in sorted(order[:size])]
+    held_questions = {_key(r) for r in held}
+    train = [rows[i] for i in sorted(order[size:]) if _key(rows[i]) not in held_questions]
+    return train, held
+
+
+def _key(row: dict[str, Any]) -> str:
+    from ..messages import question_text
+
+    return " ".join(str(row.get("question") or question_text(row["prompt"])).split()).lower()
+
+
+@dataclass(frozen=True)
+class HeldOutSettings:
+    """How a held-out point is scored: greedy decoding, plus `k` samples per problem for pass@1."""
+
+    k: int = 4
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    chat_template_kwargs: dict | None = None
+
+
+class HeldOutEvaluator:
+    """Scores a policy engine on held-out rows (`prompt` messages + `gold_answer`).
+
+    Returns (from `evaluate`): `greedy_accuracy`, `pass1` (mean over problems of the fraction of k samples that are
+    right), their standard errors, `no_answer_rate` (greedy outputs without an extractable answer), `seconds`.
+    """
+
+    def __init__(self, rows: list[dict[str, Any]], matcher: AnswerMatcher, extract, settings: HeldOutSettings):
+        if not rows:
+            raise ValueError("held-out evaluation needs at least one problem")
+        self.rows, self.matcher, self.extract, self.settings = rows, matcher, extract, settings
+
+    def _correct(self, text: str, gold: str) -> tuple[bool, bool]:
+        answer = self.extract(text)
+        return answer is not None and self.matcher.match(answer, str(gold)), answer is None
+
+    def evaluate(self, engine: Engine) -> dict[str, float]:
+        s = self.settings
+        start = time.perf_counter()
+        conversations = [list(r["prompt"]) for r in self.rows]
+        golds = [r["gold_answer"] for r in self.rows]
+        greedy = engine.generate(conversations, SamplingSettings(max_new_tokens=s.max_new_tokens, temperature=0.0),
+                                 s.chat_template_kwargs)
+        greedy_scores = [self._correct(g.text, gold) for g, gold in zip(greedy, golds)]
+        out: dict[str, float] = {}
+        out["greedy_accuracy"], out["greedy_accuracy_se"] = mean_se([float(c) for c, _ in greedy_scores])
+        out["no_answer_rate"] = sum(none for _, none in greedy_scores) / len(greedy_scores)
+        if s.k > 0:
+            sampled = engine.generate(
+                [c for c in conversations for _ in range(s.k)],
+                SamplingSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                 seed=s.seed),
+                s.chat_template_kwargs,
+            )
+            per_problem = [
+                sum(self._correct(g.text, gold)[0] for g in sampled[i * s.k : (i + 1) * s.k]) / s.k
+                for i, gold in enumerate(golds)
+            ]
+            out["pass1"], out["pass1_se"] = mean_se(per_problem)
+        out["seconds"] = time.perf_counter() - start
+        return out
+
+
+def policy_engine(model, tokenizer, batch_size: int | None = None) -> Engine:
+    """A transformers engine on the live policy (PEFT adapters active, as the policy generates)."""
+    from ..engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(model, tokenizer, batch_size=batch_size, name="policy")
+
+
+class HeldOutEvalCallback(TrainerCallback):
+    """Scores the policy on the held-out rows at the given global steps (0 = before the first update) and appends
+    `{"step": s, **metrics}` to `records`. The model is put in eval mode for the evaluation and restored after."""
+
+    def __init__(self, evaluator: HeldOutEvaluator, steps: list[int], tokenizer, records: list[dict],
+                 batch_size: int | None = None, on_record=None):
+        self.evaluator, self.steps, self.tokenizer = evaluator, sorted(set(steps)), tokenizer
+        self.records, self.batch_size, self.on_record = records, batch_size, on_record
+
+    def _score(self, step: int, model) -> None:
+        if any(r["step"] == step for r in self.records):
+            return
+        was_training = model.training
+        model.eval()
+        try:
+            record = {"step": step, **self.evaluator.evaluate(policy_engine(model, self.tokenizer, self.batch_size))}
+        finally:
+            model.train(was_training)
+        self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if 0 in self.steps and state.global_step == 0:
+            self._score(0, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps:
+            self._score(state.global_step, model)

@@ -1,0 +1,303 @@
+"""A learning comparison: several arms trained from the same initial model, data order, seed, steps and generation
+budget, all scored on one held-out split at the same steps.
+
+Arms:
+    none                 the initial model (scored once; it is every arm's step 0)
+    cat                  CaT-RL: GRPO, reward against the anchor's synthesized reference
+    majority             TTRL-style: reward against the majority answer of the group
+    self_bon, min_ppl, mutual_predictability   reward against the anchor's selected rollout
+    gold                 ORACLE: GRPO against the true labels (plain `GRPOTrainer`; the only arm where labels reach
+                         a reward)
+    cat_sft              the paper's SFT baseline: pi_0 rollouts -> pi_0 synthesis -> `SFTTrainer` with LoRA, early
+                         stopping on the lowest validation loss
+
+Every RL arm is built from the same recipe with only `cat_estimator` (and `output_dir`) overridden, so everything
+else -- seed, sampler order, G, lengths, learning rate, steps -- is identical by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..answers import AnswerMatcher, get_extractor
+from .heldout import HeldOutEvalCallback, HeldOutEvaluator, HeldOutSettings, policy_engine, split_heldout
+
+logger = logging.getLogger(__name__)
+
+RL_ARMS = {"cat": "synthesis", "majority": "majority", "self_bon": "self_bon", "min_ppl": "min_ppl",
+           "mutual_predictability": "mutual_predictability"}
+ARMS = ("none", *RL_ARMS, "gold", "cat_sft")
+#: training diagnostics carried into the results (means over the run's logging steps)
+DIAGNOSTICS = ("reward", "cat/label_accuracy", "cat/reward_accuracy", "cat/reference_parse_failure",
+               "cat/reference_ne_majority", "cat/reference_format_failure", "cat/ground_truth_ratio")
+
+
+@dataclass
+class CompareArguments:
+    """What `cat-trl compare` adds to a training recipe: the arms, the held-out split and how it is scored, and the
+    CaT-SFT baseline's settings."""
+
+    arms: list[str] = field(default_factory=lambda: ["none", "cat", "majority", "gold"],
+                            metadata={"help": f"Arms to run, from {', '.join(ARMS)}."})
+    heldout_size: int = field(default=200, metadata={"help": "Problems held out (seeded); never trained on."})
+    heldout_seed: int = field(default=0, metadata={"help": "Seed of the held-out split."})
+    heldout_every: int = field(default=5, metadata={"help": "Score the held-out split every this many steps."})
+    heldout_k: int = field(default=4, metadata={"help": "Samples per problem for pass@1 (0: greedy only)."})
+    heldout_max_new_tokens: int = field(default=256, metadata={"help": "Output tokens of held-out answers."})
+    heldout_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of pass@1."})
+    heldout_batch_size: int | None = field(default=None, metadata={"help": "Sequences per evaluation micro-batch."})
+    sft_learning_rate: float = field(default=5e-5, metadata={"help": "CaT-SFT learning rate (paper: 5e-5)."})
+    sft_lora_r: int = field(default=32, metadata={"help": "CaT-SFT LoRA rank (paper: 32)."})
+    sft_batch_size: int = field(default=32, metadata={"help": "CaT-SFT effective batch size (paper: 32)."})
+    sft_epochs: float = field(default=3.0, metadata={"help": "CaT-SFT epochs (early stopping may end it sooner)."})
+    sft_validation_fraction: float = field(default=0.1, metadata={"help": "CaT-SFT rows kept for validation loss."})
+    sft_patience: int = field(default=2, metadata={"help": "Evaluations without a lower validation loss before "
+                                                           "CaT-SFT stops."})
+
+    def __post_init__(self):
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms:
+            raise ValueError(f"arms {unknown or self.arms}: choose from {', '.join(ARMS)}")
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms lists an arm twice: {self.arms}")
+        for name in ("heldout_size", "heldout_every", "heldout_max_new_tokens", "sft_lora_r", "sft_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.heldout_k < 0:
+            raise ValueError(f"heldout_k must be >= 0, got {self.heldout_k}")
+        if not 0 < self.sft_validation_fraction < 1:
+            raise ValueError(f"sft_validation_fraction must be in (0, 1), got {self.sft_validation_fraction}")
+
+
+def eval_steps(max_steps: int, every: int) -> list[int]:
+    """Held-out points: every `every` steps and the last step (step 0 is the initial model, scored once)."""
+    steps = list(range(every, max_steps + 1, every))
+    return steps if steps and steps[-1] == max_steps else [*steps, max_steps]
+
+
+def _rows(dataset) -> list[dict[str, Any]]:
+    return [dict(r) for r in dataset]
+
+
+def _diagnostics(log_history: list[dict]) -> dict[str, float]:
+    out = {}
+    for key in DIAGNOSTICS:
+        values = [h[key] for h in log_history if isinstance(h.get(key), (int, float)) and not math.isnan(h[key])]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+class Comparison:
+    """Runs the arms one after the other in this process and collects `results` (see `run`).
+
+    Args:
+        compare_args: the arms and the held-out settings.
+        arm_args: `arm_args(arm)` -> (script_args, CaTGRPOConfig, ModelConfig) for an RL arm: the shared recipe with
+            `cat_estimator` and `output_dir` set for that arm (parsed afresh so TRL's own config checks run per arm).
+        output_dir: where results, reports and per-arm runs go.
+    """
+
+    def __init__(self, compare_args: CompareArguments, arm_args, output_dir: str):
+        self.compare_args, self.arm_args, self.output_dir = compare_args, arm_args, output_dir
+
+    # ------------------------------------------------------------------ data
+
+    def prepare(self):
+        from ..data import load_train_dataset
+
+        script_args, args, _ = self.arm_args("none")
+        rows = _rows(load_train_dataset(script_args))
+        if not all(r.get("gold_answer") not in (None, "") for r in rows):
+            raise ValueError("cat-trl compare scores held-out accuracy against gold answers: every problem needs one "
+                             "(`gold_answer`; dataset_gold_column for generic data)")
+        self.train_rows, self.heldout_rows = split_heldout(rows, self.compare_args.heldout_size,
+                                                           self.compare_args.heldout_seed)
+        prompts_per_batch = args.generation_batch_size // args.num_generations
+        needed = prompts_per_batch * max(args.max_steps, 1) // max(args.steps_per_generation or 1, 1)
+        if len(self.train_rows) < prompts_per_batch:
+            raise ValueError(f"{len(self.train_rows)} training problems after holding out {len(self.heldout_rows)}; one "
+                             f"generation batch needs {prompts_per_batch}")
+        self.steps = eval_steps(args.max_steps, self.compare_args.heldout_every)
+        self.matcher = AnswerMatcher(args.cat_match, args.cat_match_timeout)
+        self.extract = get_extractor(args.cat_answer_extraction)
+        self.evaluator = HeldOutEvaluator(self.heldout_rows, self.matcher, self.extract, HeldOutSettings(
+            k=self.compare_args.heldout_k, max_new_tokens=self.compare_args.heldout_max_new_tokens,
+            temperature=self.compare_args.heldout_temperature, top_p=args.top_p, seed=args.seed,
+            chat_template_kwargs=args.chat_template_kwargs))
+        os.makedirs(self.output_dir, exist_ok=True)
+        with open(os.path.join(self.output_dir, "heldout.jsonl"), "w") as f:
+            f.writelines(json.dumps({"question": r.get("question"), "gold_answer": r["gold_answer"]}) + "\n"
+                         for r in self.heldout_rows)
+        logger.info("compare: %d training problems (~%d used by %d steps), %d held out, points %s",
+                    len(self.train_rows), min(needed, len(self.train_rows)), args.max_steps, len(self.heldout_rows),
+                    self.steps)
+
+    def train_dataset(self):
+        from datasets import Dataset
+
+        return Dataset.from_list(self.train_rows)
+
+    # ------------------------------------------------------------------ arms
+
+    def _model_path(self, model_args) -> str:
+        from ..models import resolve_model_path
+
+        return resolve_model_path(model_args.model_name_or_path)
+
+    def _init_kwargs(self, args, model_args) -> dict:
+        kwargs = dict(args.model_init_kwargs or {})
+        kwargs.setdefault("dtype", model_args.dtype)
+        return kwargs
+
+    def run_initial(self) -> dict:
+        from ..engines.factory import EngineSpec, build_engine
+
+        _, args, model_args = self.arm_args("none")
+        engine = build_engine(EngineSpec("transformers", model=self._model_path(model_args),
+                                         dtype=self._init_kwargs(args, model_args)["dtype"] or "auto",
+                                         batch_size=self.compare_args.heldout_batch_size))
+        start = time.perf_counter()
+        record = {"step": 0, **self.evaluator.evaluate(engine)}
+        return {"arm": "none", "curve": [record], "seconds": time.perf_counter() - start, "diagnostics": {}}
+
+    def run_rl(self, arm: str, initial: dict | None) -> dict:
+        from trl import GRPOTrainer
+        from trl import get_peft_config as peft_config_of
+
+        from ..rewards.gold import GoldAnswerReward
+        from ..trainer import CaTGRPOTrainer
+
+        _, args, model_args = self.arm_args(arm)
+        args.model_init_kwargs = self._init_kwargs(args, model_args)
+        model_path = self._model_path(model_args)
+        records = [dict(initial["curve"][0])] if initial else []
+        callback = HeldOutEvalCallback(self.evaluator, self.steps, None, records,
+                                       batch_size=self.compare_args.heldout_batch_size,
+                                       on_record=lambda r: logger.info("compare %s step %d: %s", arm, r["step"], r))
+        start = time.perf_counter()
+        if arm == "gold":
+            reward = GoldAnswerReward(args.cat_match, args.cat_match_timeout, args.cat_answer_extraction)
+            trainer = GRPOTrainer(model=model_path, reward_funcs=[reward], args=args,
+                                  train_dataset=self.train_dataset(), peft_config=peft_config_of(model_args))
+        else:
+            trainer = CaTGRPOTrainer(model=model_path, args=args, train_dataset=self.train_dataset(),
+                                     peft_config=peft_config_of(model_args), anchor_model_name_or_path=model_path)
+        callback.tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+        trainer.add_callback(callback)
+        trainer.train()
+        result = {"arm": arm, "curve": sorted(records, key=lambda r: r["step"]),
+                  "seconds": time.perf_counter() - start, "diagnostics": _diagnostics(trainer.state.log_history),
+                  "steps": trainer.state.global_step}
+        with open(os.path.join(args.output_dir, "log_history.json"), "w") as f:
+            json.dump(trainer.state.log_history, f, default=str)
+        del trainer
+        return result
+
+    def run_cat_sft(self, initial: dict | None) -> dict:
+        from datasets import Dataset
+        from peft import LoraConfig
+        from transformers import EarlyStoppingCallback
+        from trl import SFTConfig, SFTTrainer
+
+        from ..engines.base import SamplingSettings
+        from ..engines.factory import EngineSpec, build_engine
+        from ..estimators.synthesis import SynthesisEstimator
+        from ..from_config import anchor_sampling
+        from .cat_sft import build_cat_sft_rows
+
+        ca = self.compare_args
+        _, args, model_args = self.arm_args("cat_sft")
+        model_path = self._model_path(model_args)
+        start = time.perf_counter()
+        # The questions the RL arms see in their run (same budget: G rollouts for each), in a seeded order.
+        prompts_per_batch = args.generation_batch_size // args.num_generations
+        budget = min(len(self.train_rows), prompts_per_batch * args.max_steps // max(args.steps_per_generation, 1))
+        order = list(range(len(self.train_rows)))
+        random.Random(args.seed).shuffle(order)
+        questions = [self.train_rows[i] for i in order[: max(budget, 2)]]
+        pi0 = build_engine(EngineSpec("transformers", model=model_path,
+                                      dtype=self._init_kwargs(args, model_args)["dtype"] or "auto",
+                                      batch_size=args.cat_anchor_batch_size, max_context=args.cat_anchor_max_context))
+        policy_sampling = SamplingSettings(max_new_tokens=args.max_completion_length, temperature=args.temperature,
+                                           top_p=args.top_p, top_k=args.top_k or 0, min_p=args.min_p, seed=args.seed)
+        estimator = SynthesisEstimator(pi0, anchor_sampling(args), template=args.synthesis_template,
+                                       max_context_tokens=args.cat_anchor_max_context,
+                                       chat_template_kwargs=args.chat_template_kwargs, extract_answer=self.extract)
+        sft_rows, stats = build_cat_sft_rows(pi0, questions, args.num_generations, policy_sampling, estimator,
+                                             args.chat_template_kwargs)
+        del pi0, estimator
+        if len(sft_rows) < 2:
+            raise ValueError(f"CaT-SFT: only {len(sft_rows)} synthesized references; nothing to fine-tune on")
+        random.Random(args.seed).shuffle(sft_rows)
+        n_val = max(1, round(len(sft_rows) * ca.sft_validation_fraction))
+        data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in sft_rows])
+        train, val = data.select(range(n_val, len(data))), data.select(range(n_val))
+        per_device = min(ca.sft_batch_size, 8)
+        steps_per_epoch = max(1, math.ceil(len(train) / ca.sft_batch_size))
+        sft_eval_every = max(1, steps_per_epoch // 2)
+        out = os.path.join(self.output_dir, "cat_sft")
+        config = SFTConfig(
+            output_dir=out, learning_rate=ca.sft_learning_rate, lr_scheduler_type="cosine", warmup_steps=0.1,  # a float < 1 is a ratio
+            per_device_train_batch_size=per_device,
+            gradient_accumulation_steps=max(1, ca.sft_batch_size // per_device), num_train_epochs=ca.sft_epochs,
+            eval_strategy="steps", eval_steps=sft_eval_every, save_strategy="steps", save_steps=sft_eval_every,
+            save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+            greater_is_better=False, logging_steps=1, report_to=[], seed=args.seed, use_cpu=args.use_cpu,
+            bf16=args.bf16, max_length=None, completion_only_loss=True,
+            model_init_kwargs=self._init_kwargs(args, model_args),
+        )
+        peft = LoraConfig(r=ca.sft_lora_r, lora_alpha=2 * ca.sft_lora_r, target_modules="all-linear",
+                          task_type="CAUSAL_LM")
+        trainer = SFTTrainer(model=model_path, args=config, train_dataset=train, eval_dataset=val, peft_config=peft,
+                             callbacks=[EarlyStoppingCallback(early_stopping_patience=ca.sft_patience)])
+        trainer.train()
+        tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+        model = trainer.model
+        model.eval()
+        record = {"step": args.max_steps, **self.evaluator.evaluate(
+            policy_engine(model, tokenizer, ca.heldout_batch_size))}
+        losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+        curve = ([dict(initial["curve"][0])] if initial else []) + [record]
+        return {"arm": "cat_sft", "curve": curve, "seconds": time.perf_counter() - start,
+                "diagnostics": {"sft_references": stats["references"], "sft_dropped": stats["dropped"],
+                                "cat/reference_parse_failure": stats["reference_parse_failure"],
+                                "sft_best_eval_loss": min(losses) if losses else float("nan"),
+                                "sft_best_checkpoint": trainer.state.best_model_checkpoint,
+                                "sft_steps": trainer.state.global_step}}
+
+    # ------------------------------------------------------------------ all
+
+    def run(self) -> dict:
+        """Every arm; `prepare` first (it is where data and settings problems surface, before any model loads)."""
+        if not hasattr(self, "evaluator"):
+            self.prepare()
+        arms = self.compare_args.arms
+        results, wall = {}, time.perf_counter()
+        initial = self.run_initial()  # every arm's step 0; reported as `none` when asked for
+        if "none" in arms:
+            results["none"] = initial
+        for arm in arms:
+            if arm == "none":
+                continue
+            logger.info("compare: arm %s", arm)
+            results[arm] = self.run_cat_sft(initial) if arm == "cat_sft" else self.run_rl(arm, initial)
+        _, args, model_args = self.arm_args("none")
+        return {
+            "arms": results,
+            "eval_steps": [0, *self.steps],
+            "heldout_size": len(self.heldout_rows),
+            "train_problems": len(self.train_rows),
+            "settings": {"compare": asdict(self.compare_args), "model": model_args.model_name_or_path,
+                         "num_generations": args.num_generations, "max_steps": args.max_steps,
+                         "learning_rate": args.learning_rate, "max_completion_length": args.max_completion_length,
+                         "seed": args.seed, "cat_match": args.cat_match},
+            "wall_seconds": time.perf_counter() - wall,
+        }
