@@ -136,3 +136,15 @@ def test_cat_sft_data_is_question_blind_one_reference_per_question(tiny_model_pa
     with pytest.raises(ValueError, match="question-blind"):
         build_cat_sft_rows(engine, rows, 3, SamplingSettings(max_new_tokens=4),
                            SynthesisEstimator(engine, SamplingSettings(max_new_tokens=4), include_question=True))
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p) for p in (REPO / "yaml" / "compare").glob("*.yaml")))
+def test_shipped_compare_recipes_parse(recipe):
+    """Every arm of every shipped comparison parses (GPU-only settings overridden so the check runs on CPU)."""
+    compare_args, arm_args, root = parse_args(["--config", recipe, "--bf16", "false", "--use_cpu", "true"])
+    assert compare_args.heldout_size >= 200 and "cat" in compare_args.arms
+    for arm in compare_args.arms:
+        _, args, model_args = arm_args(arm)
+        assert args.output_dir == str(Path(root) / arm) and model_args.model_name_or_path
+        if arm == "cat":
+            assert args.cat_estimator == "synthesis"

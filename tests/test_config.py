@@ -293,8 +293,8 @@ def test_anchor_sizes_must_be_positive(tmp_path, field):
 @pytest.mark.parametrize(
     "recipe_path",
     # yaml/sweeps/ holds W&B sweep definitions (checked in tests/test_sweep.py), yaml/eval/ `cat-trl eval` configs
-    # (checked in tests/test_testtime_eval.py).
-    sorted(str(p) for p in (REPO_ROOT / "yaml").rglob("*.yaml") if not {"sweeps", "eval"} & set(p.parts)),
+    # (checked in tests/test_testtime_eval.py), yaml/compare/ `cat-trl compare` configs (tests/test_compare.py).
+    sorted(str(p) for p in (REPO_ROOT / "yaml").rglob("*.yaml") if not {"sweeps", "eval", "compare"} & set(p.parts)),
 )
 def test_every_shipped_recipe_parses(recipe_path):
     """Every recipe in yaml/ goes through TrlParser and the CaT config checks (GPU-only settings overridden so the

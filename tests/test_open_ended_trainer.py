@@ -175,3 +175,51 @@ def test_http_judge_runs_as_async_reward_off_the_main_thread(tmp_path, tiny_mode
     assert row["rubric"] == CRITERIA
     assert all(r is not None and abs(r * 5 - round(r * 5)) < 1e-5 for r in row["rewards"]), row["rewards"]
     assert trainer.cat_judge.engine.stats.sequences == 4 * 5  # every (rollout, criterion) pair judged once
+
+
+def test_healthbench_validation_split_is_disjoint():
+    kwargs = dict(holdout=1, validation=2, validation_seed=0)
+    train = {r["problem_id"] for r in load_healthbench(str(FIXTURE), "train", **kwargs)}
+    validation = {r["problem_id"] for r in load_healthbench(str(FIXTURE), "validation", **kwargs)}
+    held = {r["problem_id"] for r in load_healthbench(str(FIXTURE), "eval", **kwargs)}
+    assert len(validation) == 2 and len(held) == 1 and len(train) == 3
+    assert not train & validation and not train & held and not validation & held
+    assert held == {r["problem_id"] for r in load_healthbench(str(FIXTURE), "eval", holdout=1)}  # hold-out unchanged
+    with pytest.raises(ValueError, match="healthbench_validation > 0"):
+        load_healthbench(str(FIXTURE), "validation", holdout=1)
+
+
+def test_early_stopping_records_the_best_validation_checkpoint(tmp_path, tiny_model_path, anchor_server):
+    """`cat-trl train` with healthbench_validation scores the validation questions during training (self-rubric
+    reward), records the best checkpoint, and healthbench-eval resolves a run directory to it."""
+    import yaml
+
+    from cat_trl.cli.healthbench_eval import resolve_policy
+    from cat_trl.cli.train import ConfigError, main, parse_args, run
+
+    _, url = anchor_server
+    out = tmp_path / "run"
+    recipe = dict(
+        model_name_or_path=tiny_model_path, dtype="float32", dataset_name=str(FIXTURE), dataset_format="healthbench",
+        healthbench_holdout=1, healthbench_validation=2, use_cpu=True, bf16=False, num_generations=4,
+        per_device_train_batch_size=8, per_device_eval_batch_size=8, max_completion_length=16, max_steps=2,
+        activation_checkpointing=False, logging_steps=1, report_to=[], learning_rate=1e-3, seed=0,
+        eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, metric_for_best_model="eval_reward",
+        cat_reward="rubric", cat_anchor_engine="openai", cat_anchor_base_url=url,
+        cat_anchor_model_name_or_path="pi0", cat_anchor_max_new_tokens=16, cat_judge_engine="transformers",
+        cat_judge_model=tiny_model_path, cat_judge_mode="logprob", output_dir=str(out),
+    )
+    path = tmp_path / "hb.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k != "metric_for_best_model"}))
+    with pytest.raises(ConfigError, match="metric_for_best_model: eval_reward"):
+        run(*parse_args(["--config", str(path)]))
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["--config", str(path)]) == 0
+    best = json.loads((out / "best_checkpoint.json").read_text())
+    assert best["metric"] == "eval_reward" and best["validation_questions"] == 2
+    scores = {s["step"]: s["eval_reward"] for s in best["scores"]}
+    assert sorted(scores) == [1, 2]
+    best_step = max(scores, key=lambda s: scores[s])
+    assert best["checkpoint"].endswith(f"checkpoint-{best_step}") and best["value"] == scores[best_step]
+    assert resolve_policy(str(out)) == (best["checkpoint"], best)
+    assert resolve_policy(best["checkpoint"]) == (best["checkpoint"], None)

@@ -64,6 +64,13 @@ class CaTScriptArguments(ScriptArguments):
         default=500, metadata={"help": "HealthBench: examples held out (seeded) for evaluation; training uses the rest."}
     )
     healthbench_seed: int = field(default=0, metadata={"help": "HealthBench: seed of the hold-out split."})
+    healthbench_validation: int = field(
+        default=0,
+        metadata={"help": "HealthBench: questions carved (seeded) from the training split as a validation set, scored "
+        "during training (eval_strategy) for early stopping; the best checkpoint is recorded in "
+        "<output_dir>/best_checkpoint.json and used by healthbench-eval. 0 = no validation set."},
+    )
+    healthbench_validation_seed: int = field(default=0, metadata={"help": "HealthBench: seed of the validation split."})
     healthbench_subset: str = field(
         default="all", metadata={"help": "HealthBench hub file: `all` (5,000), `hard` or `consensus`."}
     )

@@ -117,6 +117,23 @@ def _examples(args) -> list[dict]:
     return examples[: args.max_examples] if args.max_examples else examples
 
 
+def resolve_policy(policy: str) -> tuple[str, dict | None]:
+    """(checkpoint to score, best-checkpoint record): a training output directory with `best_checkpoint.json`
+    (`healthbench_validation`) resolves to the checkpoint with the best validation score."""
+    from .train import BEST_CHECKPOINT_FILE
+
+    record_path = os.path.join(policy, BEST_CHECKPOINT_FILE)
+    if not os.path.isfile(record_path):
+        return policy, None
+    with open(record_path) as f:
+        record = json.load(f)
+    checkpoint = record.get("checkpoint")
+    if not checkpoint or not os.path.isdir(checkpoint):
+        raise ValueError(f"{record_path} names checkpoint {checkpoint!r}, which does not exist (moved, or deleted by "
+                         "save_total_limit): pass the checkpoint directory as --policy")
+    return checkpoint, record
+
+
 def _responses(args, examples: list[dict]) -> list[str]:
     if args.responses:
         with open(args.responses) as f:
@@ -132,7 +149,7 @@ def _responses(args, examples: list[dict]) -> list[str]:
         spec = EngineSpec("openai", weights="server", model=args.policy, base_url=args.policy_base_url,
                           max_concurrency=args.grader_concurrency)
     else:
-        spec = EngineSpec("transformers", model=args.policy, device=resolve_device(args.device),
+        spec = EngineSpec("transformers", model=resolve_policy(args.policy)[0], device=resolve_device(args.device),
                           batch_size=args.policy_batch_size)
     engine = build_engine(spec)
     conversations = []
@@ -190,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cat-trl healthbench-eval: grading failed ({err}); responses kept in {responses_path}", file=sys.stderr)
         return 1
     result["policy"] = args.policy or args.responses
+    if args.policy and not args.policy_base_url:
+        checkpoint, best = resolve_policy(args.policy)
+        if best is not None:  # which checkpoint early stopping chose, and by which validation metric
+            result["policy_checkpoint"], result["early_stopping"] = checkpoint, best
     for example, response in zip(result["examples"], responses):
         example["response"] = response
     with open(args.output, "w") as f:

@@ -145,6 +145,35 @@ def check_recipe(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_arg
         )
 
 
+BEST_CHECKPOINT_FILE = "best_checkpoint.json"
+
+
+def check_validation(args: CaTGRPOConfig, size: int) -> None:
+    """Early stopping on a validation set (HealthBench, as the paper does) needs the validation set scored and the
+    checkpoints it chooses from saved at the same steps."""
+    if args.eval_strategy == "no" or args.save_strategy == "no":
+        raise ConfigError(f"healthbench_validation={size} is scored during training: set eval_strategy: steps, "
+                          "eval_steps, and save_strategy: steps with save_steps a multiple of eval_steps.")
+    if not args.metric_for_best_model:
+        raise ConfigError("healthbench_validation chooses a checkpoint by a validation metric: set "
+                          "metric_for_best_model: eval_reward (the CaT self-rubric reward on the validation questions; "
+                          "the physician-rubric score with cat_reward: physician_rubric) and greater_is_better: true.")
+
+
+def record_best_checkpoint(trainer, size: int) -> dict:
+    """Writes `<output_dir>/best_checkpoint.json`: the checkpoint with the best validation score, which
+    `cat-trl healthbench-eval --policy <output_dir>` then scores."""
+    state, args = trainer.state, trainer.args
+    best = {"checkpoint": state.best_model_checkpoint, "metric": args.metric_for_best_model,
+            "value": state.best_metric, "greater_is_better": args.greater_is_better, "validation_questions": size,
+            "scores": [{"step": h["step"], args.metric_for_best_model: h.get(args.metric_for_best_model)}
+                       for h in state.log_history if args.metric_for_best_model in h]}
+    with open(os.path.join(args.output_dir, BEST_CHECKPOINT_FILE), "w") as f:
+        json.dump(best, f, indent=2)
+    logger.info("best validation checkpoint: %s (%s = %s)", best["checkpoint"], best["metric"], best["value"])
+    return best
+
+
 def check_output_dir(output_dir: str) -> None:
     """An `output_dir` that is a file, or under a file, or not writable, fails now rather than after the model loads."""
     path = os.path.abspath(output_dir)
@@ -237,16 +266,19 @@ def summarize(log_history: list[dict], window: int = 3) -> dict[str, dict[str, f
 
 
 def run(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_args: ModelConfig):
-    from ..data import load_train_dataset
+    from ..data import load_train_dataset, load_validation_dataset
     from ..models import resolve_model_path
     from ..trainer import CaTGRPOTrainer
     from .recipe import RecipeError, check_model_source
 
     try:
         dataset = load_train_dataset(script_args)
+        validation = load_validation_dataset(script_args)
     except ValueError as err:
         raise ConfigError(f"dataset: {err}") from err
     check_recipe(script_args, args, model_args, dataset)
+    if validation is not None:
+        check_validation(args, len(validation))
     check_output_dir(args.output_dir)
     try:
         check_model_source(model_args.model_name_or_path)
@@ -270,6 +302,7 @@ def run(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_args: ModelC
         train_dataset=dataset,
         peft_config=get_peft_config(model_args),
         anchor_model_name_or_path=model_path,
+        eval_dataset=validation,
     )
     trainer.add_callback(RunConfigCallback(run_config(script_args, args, model_args, trainer)))
     if trainer.accelerator.is_main_process:
@@ -279,6 +312,8 @@ def run(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_args: ModelC
     trainer.save_model(args.output_dir)
 
     summary = summarize(trainer.state.log_history)
+    if trainer.accelerator.is_main_process and validation is not None:
+        record_best_checkpoint(trainer, len(validation))
     if trainer.accelerator.is_main_process:
         with open(os.path.join(args.output_dir, "cat_history.json"), "w") as f:
             json.dump(trainer.state.log_history, f, default=str)

@@ -80,28 +80,37 @@ class HeldOutEvaluator:
         return answer is not None and self.matcher.match(answer, str(gold)), answer is None
 
     def evaluate(self, engine: Engine) -> dict[str, float]:
+        """Scores every held-out problem. Under DDP each rank scores its share (`rows[rank::world]`) and the
+        per-problem results are gathered, so all ranks return the same numbers."""
+        from accelerate import PartialState
+
+        from ..distributed import gather_all
+
         s = self.settings
+        state = PartialState()
         start = time.perf_counter()
-        conversations = [list(r["prompt"]) for r in self.rows]
-        golds = [r["gold_answer"] for r in self.rows]
+        mine = list(range(state.process_index, len(self.rows), state.num_processes))
+        conversations = [list(self.rows[i]["prompt"]) for i in mine]
+        golds = [self.rows[i]["gold_answer"] for i in mine]
         greedy = engine.generate(conversations, SamplingSettings(max_new_tokens=s.max_new_tokens, temperature=0.0),
-                                 s.chat_template_kwargs)
-        greedy_scores = [self._correct(g.text, gold) for g, gold in zip(greedy, golds)]
-        out: dict[str, float] = {}
-        out["greedy_accuracy"], out["greedy_accuracy_se"] = mean_se([float(c) for c, _ in greedy_scores])
-        out["no_answer_rate"] = sum(none for _, none in greedy_scores) / len(greedy_scores)
-        if s.k > 0:
+                                 s.chat_template_kwargs) if mine else []
+        scores = [self._correct(g.text, gold) for g, gold in zip(greedy, golds)]
+        pass1 = [None] * len(mine)
+        if s.k > 0 and mine:
             sampled = engine.generate(
                 [c for c in conversations for _ in range(s.k)],
                 SamplingSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                                  seed=s.seed),
                 s.chat_template_kwargs,
             )
-            per_problem = [
-                sum(self._correct(g.text, gold)[0] for g in sampled[i * s.k : (i + 1) * s.k]) / s.k
-                for i, gold in enumerate(golds)
-            ]
-            out["pass1"], out["pass1_se"] = mean_se(per_problem)
+            pass1 = [sum(self._correct(g.text, gold)[0] for g in sampled[j * s.k : (j + 1) * s.k]) / s.k
+                     for j, gold in enumerate(golds)]
+        per_problem = gather_all([(float(c), none, p) for (c, none), p in zip(scores, pass1)])
+        out: dict[str, float] = {}
+        out["greedy_accuracy"], out["greedy_accuracy_se"] = mean_se([c for c, _, _ in per_problem])
+        out["no_answer_rate"] = sum(none for _, none, _ in per_problem) / len(per_problem)
+        if s.k > 0:
+            out["pass1"], out["pass1_se"] = mean_se([p for _, _, p in per_problem])
         out["seconds"] = time.perf_counter() - start
         return out
 

@@ -17,11 +17,13 @@ else -- seed, sampler order, G, lengths, learning rate, steps -- is identical by
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -190,6 +192,10 @@ class Comparison:
         else:
             trainer = CaTGRPOTrainer(model=model_path, args=args, train_dataset=self.train_dataset(),
                                      peft_config=peft_config_of(model_args), anchor_model_name_or_path=model_path)
+        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+            raise ValueError("cat-trl compare scores held-out points with the policy's own generate on each rank, "
+                             "which sharded models (FSDP / DeepSpeed) cannot do outside a collective: launch it with "
+                             "DDP (accelerate_configs/multi_gpu.yaml) or one process.")
         callback.tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
         trainer.add_callback(callback)
         trainer.train()
@@ -258,7 +264,10 @@ class Comparison:
                           task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=model_path, args=config, train_dataset=train, eval_dataset=val, peft_config=peft,
                              callbacks=[EarlyStoppingCallback(early_stopping_patience=ca.sft_patience)])
-        trainer.train()
+        trainer.train()  # ends with the best (lowest validation loss) checkpoint loaded
+        best = trainer.state.best_model_checkpoint
+        for checkpoint in glob.glob(os.path.join(out, "checkpoint-*")):
+            shutil.rmtree(checkpoint, ignore_errors=True)  # the model is in memory; adapters + optimizer are not kept
         tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
         model = trainer.model
         model.eval()
@@ -270,7 +279,7 @@ class Comparison:
                 "diagnostics": {"sft_references": stats["references"], "sft_dropped": stats["dropped"],
                                 "cat/reference_parse_failure": stats["reference_parse_failure"],
                                 "sft_best_eval_loss": min(losses) if losses else float("nan"),
-                                "sft_best_checkpoint": trainer.state.best_model_checkpoint,
+                                "sft_best_checkpoint": os.path.basename(best) if best else None,
                                 "sft_steps": trainer.state.global_step}}
 
     # ------------------------------------------------------------------ all

@@ -47,6 +47,7 @@ __all__ = [
     "load_raw",
     "load_synthetic_math",
     "load_train_dataset",
+    "load_validation_dataset",
     "looks_like_local_path",
     "question_text",
     "resolve_format",
@@ -100,6 +101,20 @@ def resolve_format(dataset_name: str | None, dataset_format: str = "auto") -> st
     return "generic"
 
 
+def load_validation_dataset(script_args: CaTScriptArguments) -> Dataset | None:
+    """The validation set scored during training for early stopping (HealthBench with `healthbench_validation`), or
+    None. Carved from the training questions, so it never overlaps the hold-out split or the training set."""
+    if resolve_format(script_args.dataset_name, script_args.dataset_format) != "healthbench":
+        if getattr(script_args, "healthbench_validation", 0):
+            raise ValueError("healthbench_validation applies to HealthBench data only")
+        return None
+    if not script_args.healthbench_validation:
+        return None
+    import dataclasses
+
+    return load_train_dataset(dataclasses.replace(script_args, dataset_train_split="validation"))
+
+
 def load_train_dataset(script_args: CaTScriptArguments) -> Dataset:
     """Build the training prompts from `CaTScriptArguments`; cheap argument checks run before any loading."""
     args = script_args
@@ -125,11 +140,13 @@ def load_train_dataset(script_args: CaTScriptArguments) -> Dataset:
         path = resolve_local(source) if source != HEALTHBENCH_HUB_ID else None
         dataset = load_healthbench(
             path or source,
-            split="eval" if args.dataset_train_split in ("eval", "test") else "train",
+            split={"eval": "eval", "test": "eval", "validation": "validation"}.get(args.dataset_train_split, "train"),
             holdout=args.healthbench_holdout,
             seed=args.healthbench_seed,
             subset=args.healthbench_subset,
             system_prompt=args.system_prompt,
+            validation=args.healthbench_validation,
+            validation_seed=args.healthbench_validation_seed,
         )
     else:
         dataset = load_generic(

@@ -122,12 +122,23 @@ def load_healthbench(
     seed: int = 0,
     subset: str = "all",
     system_prompt: str | None = None,
+    validation: int = 0,
+    validation_seed: int = 0,
 ) -> Dataset:
-    """The `train` (label-free) or `eval` (hold-out) split as a training-contract `Dataset`."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"HealthBench split must be 'train' or 'eval', got {split!r}")
+    """The `train` (label-free), `validation` or `eval` (hold-out) split as a training-contract `Dataset`.
+
+    `validation` questions are carved (seeded by `validation_seed`) from the non-held-out questions for early
+    stopping, as the paper does; `train` then excludes them. The hold-out split is unaffected."""
+    if split not in ("train", "validation", "eval"):
+        raise ValueError(f"HealthBench split must be 'train', 'validation' or 'eval', got {split!r}")
+    if validation < 0:
+        raise ValueError(f"healthbench_validation must be >= 0, got {validation}")
+    if split == "validation" and validation == 0:
+        raise ValueError("the HealthBench validation split is empty: set healthbench_validation > 0")
     train, evaluation = split_healthbench(read_healthbench(source, subset), holdout, seed)
-    rows = train if split == "train" else evaluation
+    if validation:
+        train, carved = split_healthbench(train, validation, validation_seed)
+    rows = {"train": train, "eval": evaluation}.get(split) if split != "validation" else carved
     out = []
     for record in rows:
         prompt = [dict(m) for m in record["prompt"]]
