@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from trl import ModelConfig
 
 from ..comparison.runner import RL_ARMS, CompareArguments, Comparison
-from ..config import CaTGRPOConfig, check_removed_settings
+from ..config import CaTGRPOConfig
 from ..script_args import CaTScriptArguments
-from .train import ConfigError, _Parser, apply_prompts_per_step, read_recipe
+from .train import ConfigError, _Parser, apply_prompts_per_step, read_checked_recipe
 
 logger = logging.getLogger("cat_trl")
 
@@ -48,11 +48,7 @@ def parse_args(argv: Sequence[str]):
     if "-h" in argv or "--help" in argv:
         make_parser().print_help()
         raise SystemExit(0)
-    recipe = read_recipe(argv)
-    try:
-        check_removed_settings([*recipe, *(a[2:].split("=", 1)[0] for a in argv if a.startswith("--"))])
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    recipe = read_checked_recipe(argv)
     compare_args, _, base, _ = _parse(argv, recipe)
     if base.max_steps is None or base.max_steps < 1:
         raise ConfigError("cat-trl compare needs max_steps >= 1 (every arm trains the same number of steps)")

@@ -68,6 +68,16 @@ def read_recipe(argv: list[str]) -> dict:
         raise ConfigError(str(err)) from None
 
 
+def read_checked_recipe(argv: list[str]) -> dict:
+    """`read_recipe`, refusing removed settings (in the recipe or on the command line) with their replacement."""
+    recipe = read_recipe(argv)
+    try:
+        check_removed_settings([*recipe, *(a[2:].split("=", 1)[0] for a in argv if a.startswith("--"))])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return recipe
+
+
 def apply_prompts_per_step(argv: list[str], recipe: dict | None = None) -> list[str]:
     """`prompts_per_step: P` (recipe or CLI) fixes the prompts per generation batch whatever G is: it derives
     `per_device_train_batch_size` from P, G, WORLD_SIZE and steps_per_generation *before* TRL validates the batch
@@ -98,11 +108,7 @@ def parse_args(argv: Sequence[str] | None = None):
     if "-h" in argv or "--help" in argv:
         make_parser().print_help()  # every setting with its default and help, like `trl grpo --help`
         raise SystemExit(0)
-    recipe = read_recipe(argv)
-    try:
-        check_removed_settings([*recipe, *(a[2:].split("=", 1)[0] for a in argv if a.startswith("--"))])
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    recipe = read_checked_recipe(argv)
     argv = apply_prompts_per_step(argv, recipe)
     try:
         return make_parser().parse_args_and_config(args=argv)

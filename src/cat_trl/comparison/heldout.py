@@ -8,7 +8,6 @@ reward; the held-out rows are never part of a training set (`split_heldout` dedu
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -18,18 +17,7 @@ from transformers import TrainerCallback
 
 from ..answers import AnswerMatcher
 from ..engines.base import Engine, SamplingSettings
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and its standard error (sample std / sqrt(n); 0 for n < 2)."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
+from ..evaluation.testtime import mean_se
 
 
 def split_heldout(rows: list[dict[str, Any]], size: int, seed: int) -> tuple[list[dict], list[dict]]:
