@@ -6,7 +6,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-vllm quickstart quickstart-vllm eval bench bench-vllm test test-slow test-vllm ci clean
+.PHONY: setup setup-vllm quickstart quickstart-vllm compare eval bench bench-vllm test test-slow test-vllm ci clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ quickstart: setup
 ## CaT-RL with vLLM rollouts and the anchor in the same colocated vLLM engine, on CPU (vLLM's CPU build).
 quickstart-vllm: setup-vllm
 	$(VENV_VLLM)/bin/cat-trl train yaml/quickstart-vllm.yaml
+
+## Learning comparison: CaT-RL vs majority / gold-label GRPO / CaT-SFT / the initial model on held-out problems (~1 h).
+compare: setup
+	$(VENV)/bin/cat-trl compare yaml/compare/quickstart-cpu.yaml
 
 ## Test-time CaT vs selection baselines on the embedded model, a MATH-500 subset, CPU (~6 min on 2 cores).
 eval: setup

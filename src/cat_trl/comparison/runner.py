@@ -176,6 +176,7 @@ class Comparison:
 
         from ..rewards.gold import GoldAnswerReward
         from ..trainer import CaTGRPOTrainer
+        from ..trl_compat import extra_vllm_llm_kwargs, install_weight_sync
 
         _, args, model_args = self.arm_args(arm)
         args.model_init_kwargs = self._init_kwargs(args, model_args)
@@ -187,8 +188,11 @@ class Comparison:
         start = time.perf_counter()
         if arm == "gold":
             reward = GoldAnswerReward(args.cat_match, args.cat_match_timeout, args.cat_answer_extraction)
-            trainer = GRPOTrainer(model=model_path, reward_funcs=[reward], args=args,
-                                  train_dataset=self.train_dataset(), peft_config=peft_config_of(model_args))
+            # the same vLLM engine settings and (on vLLM's CPU build) weight sync as the CaT arms get
+            with extra_vllm_llm_kwargs(args.cat_vllm_llm_kwargs if args.use_vllm else None):
+                trainer = GRPOTrainer(model=model_path, reward_funcs=[reward], args=args,
+                                      train_dataset=self.train_dataset(), peft_config=peft_config_of(model_args))
+            install_weight_sync(getattr(trainer, "vllm_generation", None))
         else:
             trainer = CaTGRPOTrainer(model=model_path, args=args, train_dataset=self.train_dataset(),
                                      peft_config=peft_config_of(model_args), anchor_model_name_or_path=model_path)
