@@ -63,7 +63,7 @@ def _imports(path: Path, module: str):
             else:
                 target = None
             if target is not None:
-                names = [target] if node.module else [a.name for a in node.names]
+                names = [target] if node.module else [".".join(filter(None, [target, a.name])) for a in node.names]
                 yield from ((n, node.lineno) for n in names if n)
         elif isinstance(node, ast.Import):
             for alias in node.names:
