@@ -551,3 +551,129 @@ def test_final_phrase_answers_lose_markdown_and_math_delimiters(text, expected):
     from cat_trl.answers import extract_boxed_or_final
 
     assert extract_boxed_or_final(text) == expected
+
+
+# Prose answers written by small models and small anchors (real SmolLM2-135M syntheses, lightly trimmed): the
+# answer phrase's first sentence, the result of a worked equation, the number of a number-with-units.
+@pytest.mark.parametrize("text,expected", [
+    ("The final answer is 7 - 2 = 3 cookies.\nThe final answer is 5 / 2 = 2 cookies.\n", "2"),
+    ("The final answer is 4 boxes * 5 cookies = 20 cookies", "20"),
+    ("The final answer is 6 x 7 = 42", "42"),
+    ("Sofia has 56 cards. The final answer is 9 + 27 = 32.", "32"),
+    ("The correct answer is 3.", "3"),
+    ("Your answer is correct. The final answer is 60.", "60"),
+    ("The final answer is 2. So she has 10 more than Leo", "2"),
+    ("The answer is 20 marbles, which is correct and matches the previous answer", "20"),
+    ("The answer is 27, but I've added a", "27"),
+    ("Answer: 12", "12"),
+    ("The final answer is 1,000 apples", "1,000"),
+    ("The final answer is -3/4 cup.", "-3/4"),
+    ("The final answer is 3.5. I hope it is correct.", "3.5"),
+    # math answers stay whole: equations with variables, tuples, LaTeX, mixed units, words
+    ("The final answer is $x^2 + y^2 = 1$.", "x^2 + y^2 = 1"),
+    ("The final answer is 2x + 3 = 7", "2x + 3 = 7"),
+    ("The final answer is (1, 2).", "(1, 2)"),
+    ("The final answer is \\frac{1}{2}.", "\\frac{1}{2}"),
+    ("The final answer is 3 hours and 20 minutes.", "3 hours and 20 minutes"),
+    ("The final answer is even.", "even"),
+    ("The final answer is no real solutions", "no real solutions"),
+    # not answers: placeholders, a sentence with no number or math in it, nothing
+    ("The answer is the one that is correct.", None),
+    ("The final answer is ...", None),
+    ("The final answer is answer.", None),
+    ("I'm ready to help. What's there?", None),
+    # a box always wins over the phrase around it
+    ("The answer is \\boxed{24}. The answer is the correct answer.", "24"),
+])
+def test_prose_answer_phrases_yield_the_stated_answer(text, expected):
+    from cat_trl.answers import extract_boxed_or_final
+
+    assert extract_boxed_or_final(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "The final answer is \\boxed{answer}.",
+    "\\boxed{Answer}",
+    "\\boxed{ your answer }",
+    "\\boxed{\\text{answer}}",
+    "\\boxed{...}",
+    "\\boxed{…}",
+    "\\boxed answer",  # bare: prose about boxing, not a box
+    "\\boxed{12} and then \\boxed{final answer}",  # the last box is the placeholder: no fallback to 12
+])
+def test_copied_template_placeholders_are_never_answers(text):
+    from cat_trl.answers import extract_boxed_or_final, is_placeholder
+
+    assert extract_boxed(text) is None
+    assert extract_boxed_or_final(text) is None
+    assert not is_placeholder("42") and not is_placeholder("x") and not is_placeholder("\\text{(A)}")
+
+
+def test_placeholders_neither_agree_nor_win_votes():
+    """Two texts that both copied `\\boxed{answer}` from an instruction did not agree on an answer: no reward
+    between them, and a vote over rollouts never elects the placeholder."""
+    from cat_trl.answers import extract_boxed_or_final
+    from cat_trl.rewards import CaTMathReward
+
+    reward = CaTMathReward(extraction="boxed_or_final")
+    placeholder = "Then the final answer is \\boxed{answer}."
+    assert reward([placeholder, "\\boxed{7}"], cat_reference=[placeholder] * 2) == [None, None]
+    assert reward([placeholder, "\\boxed{7}"], cat_reference=["\\boxed{7}"] * 2) == [0.0, 1.0]
+    answers = [extract_boxed_or_final(t) for t in (placeholder, placeholder, placeholder, "\\boxed{7}")]
+    assert majority_answer(answers, AnswerMatcher("string"))[0] == "7"
+
+
+@pytest.mark.parametrize("line", [
+    "1 " + "ab " * 50_000 + "= 5",
+    "a" * 100_000 + " = 3",
+    "1 +" * 30_000 + "= 2",
+    "7" + ". " * 50_000,
+    "20 " + "cookies " * 50_000,
+])
+def test_prose_answer_extraction_is_linear(line):
+    from cat_trl.answers import extract_final_phrase
+
+    start = time.perf_counter()
+    extract_final_phrase("The final answer is " + line)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_rescore_script_measures_an_extraction_change_on_stored_texts(tmp_path, capsys):
+    """scripts/rescore_extraction.py re-extracts stored eval texts with a git revision's extractor and the working
+    tree's. Given this tree's extract.py as "before", both columns must equal the values worked out by hand here
+    (placeholders are no answer; the worked equation gives its result)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("rescore_extraction", root / "scripts/rescore_extraction.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rollouts = ["The final answer is 14 - 5 = 9 cookies.", "\\boxed{8}", "\\boxed{9}", "\\boxed{answer}"]
+    results = {
+        "meta": {"config": {"answer_extraction": "boxed_or_final", "match": "string"}, "verifiable": True,
+                 "num_generations": [1, 4], "methods": ["single", "majority", "min_ppl", "synthesis"]},
+        "questions": [{
+            "gold": "9", "rollouts": rollouts,
+            "methods": {
+                "majority": {"1": {"choice": None, "reference": None}, "4": {"choice": None, "reference": None}},
+                "min_ppl": {"1": {"choice": 0, "reference": None}, "4": {"choice": 3, "reference": None}},
+                "synthesis": {"1": {"choice": None, "reference": "The answer is the one that is right."},
+                              "4": {"choice": None, "reference": "# UNIFIED RESPONSE\n\\boxed{answer}"}},
+            },
+        }],
+    }
+    path = tmp_path / "eval_results.json"
+    path.write_text(json.dumps(results))
+    this = str(root / "src/cat_trl/answers/extract.py")
+    extract = script.extractor_at(this, "boxed_or_final")
+    got = script.rescore(results, extract, AnswerMatcher("string"))
+    assert got == {
+        ("single", 1): (0.5, False, 1), ("single", 4): (0.5, False, 1),
+        ("majority", 1): (1.0, False, 1), ("majority", 4): (1.0, False, 1),  # 9, 8, 9, (none): 9 wins
+        ("min_ppl", 1): (1.0, False, 1), ("min_ppl", 4): (0.0, True, 1),  # picked the placeholder rollout
+        ("synthesis", 1): (0.0, True, 1), ("synthesis", 4): (0.0, True, 1),
+    }
+    script.main([str(path), "--before", this, "--out", str(tmp_path / "table.md")])
+    table = (tmp_path / "table.md").read_text()
+    assert "| majority | 4 | 0.000 | 0.000 | 1.000 | 1.000 |" in table
+    assert "| synthesis | 4 | 1.000 | 1.000 | 0.000 | 0.000 |" in table

@@ -17,6 +17,7 @@ from .extract import (
     extract_boxed_or_final,
     extract_final_phrase,
     get_extractor,
+    is_placeholder,
     last_box,
 )
 from .match import MATCH_MODES, AnswerMatcher
@@ -32,6 +33,7 @@ __all__ = [
     "extract_boxed_or_final",
     "extract_final_phrase",
     "get_extractor",
+    "is_placeholder",
     "last_box",
     "majority_answer",
     "normalize_answer",

@@ -1,9 +1,13 @@
 """Final-answer extraction: the last `\\boxed{}` of a text, and the run-wide extraction strategy.
 
 `boxed` is the paper's: the last `\\boxed{}` (regex + string matching, App. F). `boxed_or_final` falls back to the
-text after the last "final answer is" when there is no box -- small models (and small anchors) often write
-"The final answer is 10." without boxing it. Rollouts and references always go through the same extractor, so a
-run never compares answers extracted two different ways. Everything here is a linear regex scan that never raises.
+answer phrase ("The final answer is 10.", "The answer is 10", "Answer: 10") when there is no box -- small models
+(and small anchors) often answer without boxing. Rollouts and references always go through the same extractor, so
+a run never compares answers extracted two different ways. Everything here is a linear regex scan that never raises.
+
+Template placeholders are never answers, in either mode: a model that copies the instruction's `\\boxed{answer}`
+(the 135M anchor does, for ~1 in 8 syntheses) has not answered, and two such texts must not "agree" and earn a
+reward for it.
 """
 
 from __future__ import annotations
@@ -42,11 +46,11 @@ def last_box(text) -> tuple[str, str | None]:
                     depth -= 1
                     if depth == 0:
                         content = text[pos + 1 : m.start()].strip()
-                        return ("ok", content) if content else ("malformed", None)
+                        return ("ok", content) if content and not is_placeholder(content) else ("malformed", None)
             return "malformed", None  # unclosed: cut off mid-answer
         if (pos > box.end() or text[pos : pos + 1].isdigit()) and _BARE_ARG_RE.match(text, pos):  # `\boxed5`
-            token = _TOKEN_RE.match(text, pos)
-            return "ok", token.group().rstrip(".,;")
+            token = _TOKEN_RE.match(text, pos).group().rstrip(".,;")
+            return ("malformed", None) if is_placeholder(token) else ("ok", token)
     return "none", None
 
 
@@ -64,20 +68,47 @@ def extract_boxed(text) -> str | None:
 
 EXTRACTIONS = ("boxed", "boxed_or_final")
 
-_FINAL = re.compile(r"final answer is\s*:?", re.IGNORECASE)
+#: what instructions put where the answer goes ("ends with \\boxed{answer}"), compared case-insensitively after
+#: dropping `\\text{}`-like wrappers, spaces and dots; copying one is not answering
+_PLACEHOLDERS = frozenset({"answer", "youranswer", "finalanswer", "theanswer", "answerhere", "", "?", "??", "…"})
+_WRAPPER_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+
+
+def is_placeholder(answer: str) -> bool:
+    """True for a template placeholder copied in place of an answer: `answer`, `your answer`, `\\text{answer}`,
+    `...`. Short, fixed strings only -- a real answer is never one of them."""
+    if len(answer) > 40:
+        return False
+    core = _WRAPPER_RE.sub(r"\1", answer)
+    return "".join(ch for ch in core.lower() if not ch.isspace() and ch not in ".$*_<>[]") in _PLACEHOLDERS
+
+
+# "final answer is", "correct answer is", "the answer is", "Answer:" -- the last one in the text wins.
+_FINAL = re.compile(r"\banswer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
 _HOPE = "i hope it is correct"
+# A sentence ends at a dot followed by whitespace (`3.5` and `1.` + end of line are not split mid-number).
+_SENTENCE_END_RE = re.compile(r"\.\s")
+# Arithmetic on numbers, optionally with unit words: `14 - 5`, `4 boxes * 5 cookies`, `6 x 7`. No `^`, `\\`,
+# or single-letter variables, so `x^2 + y^2 = 1` and `2x + 3 = 7` stay whole answers.
+_ARITHMETIC_LHS_RE = re.compile(r"[\d\s.,+\-*/×÷·()A-Za-z]{1,200}")
+_TIMES_X_RE = re.compile(r"(?<=\d)\s*[xX]\s*(?=\d)")  # `6 x 7`: x between numbers is a times sign
+_SINGLE_LETTER_RE = re.compile(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
+_OPERATOR_RE = re.compile(r"\d\s*(?:[A-Za-z]+\s+)*[+\-*/×÷·]\s*\(?\d")
+# A number followed only by words ("20 cookies", "2 apples in total"): the words are units, the number the answer.
+_NUMBER_WITH_UNITS_RE = re.compile(r"([-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?),?\s+[A-Za-z][A-Za-z\s,'-]*")
+_PROSE_MAX_WORDS = 3
 
 
-def extract_final_phrase(text) -> str | None:
-    """The rest of the line after the last "final answer is", without `$` and trailing punctuation."""
-    if not isinstance(text, str):
-        return None
-    matches = list(_FINAL.finditer(text))
-    if not matches:
-        return None
-    line = text[matches[-1].end() :].split("\n", 1)[0]
+def _answer_from_prose(line: str) -> str | None:
+    """The answer in the sentence that follows an answer phrase: the first sentence, without `$`, markdown
+    emphasis, trailing dots or "I hope it is correct"; the result of a worked equation (`14 - 5 = 9 cookies` -> `9`);
+    the number of a number-with-units (`9 cookies` -> `9`). A wordy sentence with no number or math in it ("the
+    one that is correct") is not an answer: None, counted as no answer rather than as a wrong one."""
     line = line.replace("$", "").strip()
     line = _strip_delimiters(line)
+    end = _SENTENCE_END_RE.search(line)
+    if end is not None:
+        line = line[: end.start()]
     # Strip trailing dots and "I hope it is correct." repeatedly (a loop, not a regex: linear on any input).
     while True:
         stripped = line.rstrip(". \t")
@@ -86,7 +117,35 @@ def extract_final_phrase(text) -> str | None:
         if stripped == line:
             break
         line = stripped
-    return _strip_delimiters(line.strip()) or None
+    answer = _strip_delimiters(line.strip())
+    if "=" in answer:
+        lhs, rhs = answer.rsplit("=", 1)
+        lhs = _TIMES_X_RE.sub("*", lhs)
+        if (
+            any(ch.isdigit() for ch in rhs)
+            and _ARITHMETIC_LHS_RE.fullmatch(lhs)
+            and not _SINGLE_LETTER_RE.search(lhs)
+            and _OPERATOR_RE.search(lhs)
+        ):
+            answer = rhs.strip()
+    units = _NUMBER_WITH_UNITS_RE.fullmatch(answer)
+    if units is not None:
+        answer = units.group(1)
+    if not answer or is_placeholder(answer):
+        return None
+    if not any(ch.isdigit() or ch in "\\^/=+-()[]{}<>" for ch in answer) and len(answer.split()) > _PROSE_MAX_WORDS:
+        return None
+    return answer
+
+
+def extract_final_phrase(text) -> str | None:
+    """The answer stated after the last "final answer is" / "the answer is" / "Answer:" (see `_answer_from_prose`)."""
+    if not isinstance(text, str):
+        return None
+    matches = list(_FINAL.finditer(text))
+    if not matches:
+        return None
+    return _answer_from_prose(text[matches[-1].end() :].split("\n", 1)[0])
 
 
 #: Markdown emphasis and inline-math delimiters around a whole final answer (`**7**`, `\( 7 \)`, `\[7\]`)
