@@ -296,6 +296,15 @@ def test_config_errors_name_the_problem_before_any_model_loads(tmp_path):
     load_config(_write(tmp_path, base + asks + "methods: [synthesis_with_question]\n"))
     with pytest.raises(ValueError, match="responses"):
         load_config(_write(tmp_path, base + "synthesis_prompt: 'no slot'\nmethods: [synthesis]\n"))
+    # a list on the command line: TRL's `--key a b` or one YAML list, the same list either way
+    for argv in (["--methods", "single", "synthesis"], ["--methods", "[single, synthesis]"]):
+        assert load_config(_write(tmp_path, base), argv)[0].methods == ["single", "synthesis"]
+    assert load_config(_write(tmp_path, base), ["--methods", "synthesis"])[0].methods == ["synthesis"]
+    assert load_config(_write(tmp_path, base), ["--num_generations", "1", "8"])[0].num_generations == [1, 8]
+    with pytest.raises(ValueError, match="unknown methods"):
+        load_config(_write(tmp_path, base), ["--methods", "single", "best_of_n"])
+    with pytest.raises(ValueError, match=r"methods must be a list, got 'single' \(in YAML: methods: \[a, b\]\)"):
+        load_config(_write(tmp_path, base + "methods: single\n"))
     config, data = load_config(_write(tmp_path, base), ["--num_generations", "[2, 4]", "--dataset_max_samples=3"])
     assert config.num_generations == [2, 4] and data.dataset_max_samples == 3
     # HealthBench: majority needs final answers; the grader must be configured -- both before the model loads

@@ -39,13 +39,22 @@ def _container(hint: Any) -> type | None:
     return kind if kind in (list, dict) else None
 
 
+class _ListAction(argparse.Action):
+    """A list setting's values: one YAML list (`"[1, 8]"`) is that list; several values (`1 8`, TRL's form) are the
+    list of them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        one_list = len(values) == 1 and isinstance(values[0], list)
+        setattr(namespace, self.dest, values[0] if one_list else list(values))
+
+
 class CliParser(TrlParser):
     """`TrlParser` for the evaluation commands.
 
     Differences from a plain `TrlParser`, all about error reporting and YAML-shaped values:
       - argument errors are one-line `CliError`s (argparse would print the usage and exit);
-      - a list or dict field takes one YAML value on the command line (`--num_generations "[1, 8]"`), exactly the
-        value its YAML key takes, instead of HfArgumentParser's `nargs="+"` (lists) or nothing usable (dicts);
+      - a list field takes TRL's `--num_generations 1 8` or one YAML list (`--num_generations "[1, 8]"`, exactly
+        the value its YAML key takes); a dict field takes one YAML mapping (HfArgumentParser has no usable form);
       - unknown keys, in the config file or on the command line, are named; `removed` maps a key that is gone to
         what replaces it;
       - no abbreviated flags (`--num_gen` is an unknown key, not `--num_generations`).
@@ -69,8 +78,12 @@ class CliParser(TrlParser):
             default = dc_field.default
         else:
             raise TypeError(f"{name}: a list/dict setting needs a default")
-        parser.add_argument(*names, type=yaml_value, default=default, metavar="YAML",
-                            help=dc_field.metadata.get("help"))
+        if _container(dc_field.type) is list:  # `--methods a b` (TRL's form) or `--methods "[a, b]"` (YAML)
+            parser.add_argument(*names, type=yaml_value, nargs="+", action=_ListAction, default=default,
+                                metavar="VALUE", help=dc_field.metadata.get("help"))
+        else:
+            parser.add_argument(*names, type=yaml_value, default=default, metavar="YAML",
+                                help=dc_field.metadata.get("help"))
 
     def error(self, message):
         raise CliError(f"{message} (`cat-trl {self.command} --help` lists every setting)")
@@ -145,7 +158,9 @@ def check_fields(obj) -> None:
         kind = _container(hint)
         optional = type(None) in typing.get_args(hint)
         if kind is not None and not isinstance(value, kind) and not (value is None and optional):
-            raise ValueError(f"{f.name} must be a {'list' if kind is list else 'mapping'}, got {value!r}")
+            example = "[a, b]" if kind is list else "{key: value}"
+            raise ValueError(f"{f.name} must be a {'list' if kind is list else 'mapping'}, got {value!r} (in YAML: "
+                             f"{f.name}: {example})")
         allowed = f.metadata.get("choices")
         if allowed is None:
             continue
