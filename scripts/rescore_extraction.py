@@ -79,8 +79,12 @@ def main(argv=None) -> None:
     matcher = AnswerMatcher("string")
     before = rescore(results, extractor_at(args.before, mode), matcher)
     after = rescore(results, get_extractor(mode), matcher)
+    root = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", EXTRACT_PATH]).returncode != 0
     lines = [
-        f"Extraction `{mode}` at {args.before} (before) vs the working tree (after), on the same stored texts of "
+        f"Extraction `{mode}` at {args.before} (before) vs at {head or 'this checkout'}{' + uncommitted changes' if dirty else ''} (after), on the same stored texts of "
         f"{args.results} ({len(results['questions'])} questions).",
         "",
         "| method | G | no answer before | no answer after | accuracy before | accuracy after |",
