@@ -51,6 +51,16 @@ def tiny_model_path(embedded_model_path: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def varied_tiny_model_path(embedded_model_path: str) -> str:
+    """The tiny random Llama with larger initial weights (std 0.1): its greedy outputs differ from prompt to prompt
+    and move after one optimizer step, where the default tiny model writes the same newlines for every prompt. Use
+    it where a test compares greedy texts (anchor == pi_0, policy != pi_0)."""
+    from tiny_model import build_tiny_model
+
+    return str(build_tiny_model(init_std=0.1))
+
+
+@pytest.fixture(scope="session")
 def math500_path() -> Path:
     """The MATH-500 jsonl shared next to the repository (``<repo>/../shared/data/math500.jsonl``)."""
     if not MATH500_PATH.is_file():

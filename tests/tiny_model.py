@@ -21,6 +21,7 @@ def build_tiny_model(
     num_layers: int = 2,
     num_heads: int = 4,
     seed: int = 0,
+    init_std: float = 0.02,
 ) -> Path:
     """Build (once) a random-weight ``LlamaForCausalLM`` with the real SmolLM2 tokenizer; return its directory.
 
@@ -41,8 +42,11 @@ def build_tiny_model(
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
     params = {"hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads, "seed": seed}
+    if init_std != 0.02:
+        params["init_std"] = init_std
     if out_dir is None:
-        name = f"tiny-llama-h{hidden_size}-l{num_layers}-s{seed}" + (f"-a{num_heads}" if num_heads != 4 else "")
+        name = (f"tiny-llama-h{hidden_size}-l{num_layers}-s{seed}" + (f"-a{num_heads}" if num_heads != 4 else "")
+                + (f"-i{init_std:g}" if init_std != 0.02 else ""))
         out_dir = cache_dir() / "models" / name
     out_dir = Path(out_dir).expanduser().absolute()
     if is_complete(out_dir):
@@ -74,6 +78,7 @@ def build_tiny_model(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            initializer_range=init_std,
         )
         config.dtype = torch.float32
         with torch.random.fork_rng(devices=[]):
