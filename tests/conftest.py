@@ -76,6 +76,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_fsdp2(script_args: list[str], *, timeout: int = 600, python: str | None = None,
+                 env: dict | None = None):
+    """`accelerate launch --config_file accelerate_configs/fsdp2.yaml --num_processes 2 --mixed_precision no
+    scripts/fsdp2_cpu.py ...` on a free port (CI machines run other distributed jobs); a `subprocess.CompletedProcess`
+    with the output captured."""
+    import subprocess
+    import sys
+
+    cmd = [python or sys.executable, "-m", "accelerate.commands.launch",
+           "--config_file", str(REPO_ROOT / "accelerate_configs" / "fsdp2.yaml"), "--num_processes", "2",
+           "--mixed_precision", "no", "--main_process_port", str(free_port()),
+           str(REPO_ROOT / "scripts" / "fsdp2_cpu.py"), *script_args]
+    full_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                **(env or {})}
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
 def wait_for_health(proc, port: int, log_path: str, what: str, timeout: float) -> None:
     """Polls http://127.0.0.1:port/health until 200; fails the test (with the log's tail) if the server process exits
     or does not come up in `timeout` seconds."""

@@ -105,6 +105,48 @@ def test_train_refuses_bad_input_in_one_line_before_any_model_loads(case, break_
         assert word in lines[0], (word, lines[0])
 
 
+@pytest.mark.parametrize("weights,extra", [("ref_model", {"beta": 0.01}), ("peft_base", {"use_peft": True}),
+                                           ("auto", {"beta": 0.01})])
+def test_vllm_anchor_on_an_fsdp1_launch_is_refused_before_any_model_loads(weights, extra, tmp_path, tiny_model_path,
+                                                                          no_model_loading, capsys, monkeypatch):
+    """FSDP1 flattens parameters (summon_full_params per module): the vLLM anchor streams sharded pi_0 only from FSDP2.
+    An explicit `cat_anchor_engine: vllm` on an FSDP1 launch (accelerate's FSDP_VERSION=1) is one line, naming the
+    setting and the alternatives; FSDP2 (accelerate_configs/fsdp2.yaml) passes this check."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    recipe = {**yaml.safe_load(TINY.read_text()), "model_name_or_path": tiny_model_path,
+              "output_dir": str(tmp_path / "out"), "use_vllm": True, "vllm_mode": "colocate",
+              "cat_anchor_engine": "vllm", "cat_anchor_weights": weights, **extra}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert cli.main(["train", str(path)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not _progress(line)]
+    assert len(err) == 1, err
+    assert "FSDP2" in err[0] and "fsdp_version: 2" in err[0] and "cat_anchor_weights: copy" in err[0], err[0]
+
+
+def test_vllm_anchor_launch_checks_read_the_fsdp_version(monkeypatch):
+    from types import SimpleNamespace
+
+    from cat_trl.engines.vllm_engine import VLLMAnchorUnsupported, check_vllm_anchor_sharding, launch_fsdp_version
+
+    for key in ("ACCELERATE_USE_FSDP", "FSDP_VERSION"):
+        monkeypatch.delenv(key, raising=False)
+    assert launch_fsdp_version(SimpleNamespace(fsdp_plugin_args=None)) is None  # not an FSDP launch
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert launch_fsdp_version(SimpleNamespace()) == 1  # accelerate's default
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert launch_fsdp_version(SimpleNamespace()) == 2
+    assert launch_fsdp_version(SimpleNamespace(fsdp_plugin_args={"fsdp_version": 1})) == 1  # fsdp_config wins
+    for source in ("ref_model", "peft_base", "copy"):
+        check_vllm_anchor_sharding(source, 2)
+        check_vllm_anchor_sharding(source, None)
+    check_vllm_anchor_sharding("copy", 1)  # the checkpoint's tensors: nothing sharded to stream
+    for source in ("ref_model", "peft_base"):
+        with pytest.raises(VLLMAnchorUnsupported, match="FSDP2"):
+            check_vllm_anchor_sharding(source, 1)
+
+
 def test_train_argument_errors_are_one_line_without_the_usage(tmp_path, tiny_model_path, no_model_loading, capsys):
     recipe = {**yaml.safe_load(TINY.read_text()), "model_name_or_path": tiny_model_path,
               "output_dir": str(tmp_path / "out")}

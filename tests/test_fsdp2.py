@@ -12,33 +12,16 @@ process with a fresh pi_0's on exactly the same prompts.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cat_trl.callbacks import read_group_rows
+from conftest import launch_fsdp2
 
 pytestmark = pytest.mark.multiproc
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def launch_fsdp2(script_args: list[str], *, timeout: int = 600, python: str | None = None,
-                 env: dict | None = None) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file accelerate_configs/fsdp2.yaml --num_processes 2 --mixed_precision no
-    scripts/fsdp2_cpu.py ...` on a free port (CI machines run other distributed jobs)."""
-    from conftest import free_port
-
-    cmd = [python or sys.executable, "-m", "accelerate.commands.launch",
-           "--config_file", str(REPO / "accelerate_configs" / "fsdp2.yaml"), "--num_processes", "2",
-           "--mixed_precision", "no", "--main_process_port", str(free_port()),
-           str(REPO / "scripts" / "fsdp2_cpu.py"), *script_args]
-    full_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                **(env or {})}
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def _run(source: str, out: Path, model: str, *extra: str) -> list[dict]:

@@ -186,3 +186,78 @@ def test_logprob_judge_against_the_real_servers_top_logprobs(vllm_server, embedd
     for s, t in zip(served, local):
         assert s.parsed == t.parsed
         assert abs(s.score - t.score) < 0.02, (s, t)
+
+
+# ---------------------------------------------------------------------------------------------- FSDP2 + vLLM anchor
+
+FSDP2_SCRIPT = Path(__file__).parent / "scripts" / "fsdp2_vllm.py"
+
+
+def _run_fsdp2(mode: str, tmp: Path, model: str) -> list[dict]:
+    from conftest import launch_fsdp2
+
+    proc = launch_fsdp2([str(FSDP2_SCRIPT), "--mode", mode, "--model", model, "--out", str(tmp)], timeout=1200)
+    if proc.returncode != 0:
+        pytest.fail(f"{FSDP2_SCRIPT.name} --mode {mode} exited {proc.returncode}:\n" + proc.stdout[-3000:]
+                    + proc.stderr[-6000:])
+    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def vllm_tiny_model() -> str:
+    """The tiny random Llama with one 64-wide head (vLLM's CPU attention needs head sizes of 32 and up) and larger
+    initial weights (prompt-dependent greedy outputs that move after a step)."""
+    from tiny_model import build_tiny_model
+
+    return str(build_tiny_model(num_heads=1, init_std=0.1))
+
+
+@pytest.fixture(scope="module")
+def fsdp2_full(tmp_path_factory, vllm_tiny_model) -> list[dict]:
+    return _run_fsdp2("full", tmp_path_factory.mktemp("fsdp2-vllm-full"), vllm_tiny_model)
+
+
+@pytest.fixture(scope="module")
+def fsdp2_peft(tmp_path_factory, vllm_tiny_model) -> list[dict]:
+    return _run_fsdp2("peft", tmp_path_factory.mktemp("fsdp2-vllm-peft"), vllm_tiny_model)
+
+
+@pytest.mark.parametrize("run", ["fsdp2_full", "fsdp2_peft"])
+def test_fsdp2_colocate_trains_with_the_anchor_streamed_from_the_sharded_model(run, request):
+    for r in request.getfixturevalue(run):
+        assert r["distributed_type"] == "DistributedType.FSDP" and r["fsdp_version"] == 2
+        assert r["vllm_generation_class"] == "CaTVLLMGeneration"
+        assert r["policy_dtensors"][0] == r["policy_dtensors"][1] > 0  # every policy parameter a DTensor
+        assert r["steps"] == 2 and r["anchor_weight_loads"] == 2  # pi_0 streamed into vLLM at every step
+        assert r["syncs"] == 2  # TRL's FSDP2 sync put the policy back before each generation
+    full = request.getfixturevalue("fsdp2_full")
+    assert all(r["ref_dtensors"][0] == r["ref_dtensors"][1] > 0 for r in full)  # TRL's ref model sharded too
+
+
+@pytest.mark.parametrize("run", ["fsdp2_full", "fsdp2_peft"])
+def test_fsdp2_sync_puts_the_trained_policy_into_vllm(run, request):
+    for r in request.getfixturevalue(run):
+        moved = _mean_abs(r["policy_hf"], r["pi0_hf"])
+        assert moved > 0.05, f"the policy barely moved ({moved:.4f}); the check below would prove nothing"
+        assert _mean_abs(r["policy_vllm"], r["policy_hf"]) < 1e-3  # float32 both
+
+
+@pytest.mark.parametrize("run,source", [("fsdp2_full", "ref_model"), ("fsdp2_full", "copy"),
+                                        ("fsdp2_peft", "peft_base")])
+def test_fsdp2_anchor_reproduces_pi0_from_every_weight_source(run, source, request):
+    """From an engine holding the trained policy, the anchor streamed from the sharded model (one parameter gathered
+    at a time) writes exactly the engine's start-up greedy syntheses (pi_0 as vLLM loaded it from disk). Rank 1 asks
+    for nothing, yet takes part in every gather: otherwise rank 0 would hang."""
+    rank0, rank1 = request.getfixturevalue(run)
+    result = rank0["anchor"][source]
+    assert len(result["anchor"]) == 8 and result["anchor"] == rank0["startup"]
+    assert sum(a != b for a, b in zip(result["policy_held"], rank0["startup"])) >= 2  # it really held the policy
+    assert rank1["anchor"][source]["anchor"] == [] and rank1["anchor"][source]["weight_loads"] == 1
+
+
+def test_fsdp2_reference_model_is_pi0_on_every_rank(fsdp2_full):
+    """TRL shards its reference model as transformers loaded it; inside an FSDP launch with CPU-RAM-efficient loading,
+    transformers < 5.18 (this environment) loads zeros on rank 1. CaTGRPOTrainer restores pi_0 from rank 0: the
+    sharded reference model's log-probs equal a fresh pi_0's on both ranks."""
+    for r in fsdp2_full:
+        assert _mean_abs(r["ref_hf"], r["pi0_hf"]) < 1e-5

@@ -42,6 +42,7 @@ from .trl_compat import (
     install_weight_sync,
     log_completion_column,
     log_trainer_metric,
+    restore_fsdp2_reference_model,
     reward_weights,
 )
 
@@ -126,6 +127,10 @@ class CaTGRPOTrainer(GRPOTrainer):
         # Counted policy syncs (the vLLM anchor's residency check) and, on vLLM's CPU build, a reload-based sync: TRL's
         # `load_weights` sync cannot update CPU-packed weights (see trl_compat).
         install_weight_sync(getattr(self, "vllm_generation", None))
+        # TRL shards its reference model as loaded; under FSDP2 with CPU-RAM-efficient loading that is zeros on every
+        # rank but 0 (transformers < 5.18): restore pi_0 there before it serves as KL reference or anchor.
+        if restore_fsdp2_reference_model(self):
+            logger.info("CaT: TRL's FSDP2 reference model restored from rank 0's initial weights")
         self.cat_matcher = AnswerMatcher(args.cat_match, args.cat_match_timeout)
         self.cat_extract = get_extractor(args.cat_answer_extraction)
         self.cat_anchor_source = "n/a"

@@ -238,3 +238,44 @@ def trainer_of_reward_call(log_metric):
     but its `log_metric=` keyword is the trainer's bound `_log_metric` method."""
     trainer = getattr(log_metric, "__self__", None)
     return trainer if hasattr(trainer, "num_generations") else None
+
+
+def restore_fsdp2_reference_model(trainer) -> int:
+    """Give TRL's FSDP2-sharded reference model the initial weights on every rank; returns the tensors restored.
+
+    With CPU-RAM-efficient loading (`distributed.ram_efficient_loading`: accelerate's `fsdp2.yaml` default) and
+    transformers < 5.18, `from_pretrained` leaves zeros on every rank but local rank 0. accelerate's `prepare` then
+    broadcasts rank 0's weights into the *policy*, but TRL 1.16's `prepare_fsdp` shards the reference model as loaded
+    (`fully_shard`, no broadcast): every shard held by another rank is zeros. The KL reference -- and pi_0 for a
+    `ref_model` anchor -- would silently be another model (measured: rank 0's gathered `ref_model` weights off by up to
+    1.0). At the end of `GRPOTrainer.__init__` the policy is not yet prepared and rank 0 holds it whole: each reference
+    parameter is scattered from there (`distribute_tensor(src_data_rank=0)`, one parameter at a time) and each buffer
+    broadcast. A no-op outside that setting (nothing to repair)."""
+    from .distributed import ram_efficient_loading
+
+    ref = getattr(trainer, "ref_model", None)
+    if ref is None or not trainer.is_fsdp_enabled or not ram_efficient_loading():
+        return 0
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    params, buffers = dict(policy.named_parameters()), dict(policy.named_buffers())
+    restored = 0
+    with torch.no_grad():
+        for name, param in ref.named_parameters():
+            full = params[name].detach().to(param.device, param.dtype)
+            if isinstance(param, DTensor):
+                shard = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=0)
+                param.to_local().copy_(shard.to_local())
+            else:
+                dist.broadcast(full, src=0)
+                param.copy_(full)
+            restored += 1
+        for name, buffer in ref.named_buffers():
+            if name in buffers:
+                full = buffers[name].detach().to(buffer.device, buffer.dtype).contiguous()
+                dist.broadcast(full, src=0)
+                buffer.copy_(full)
+                restored += 1
+    return restored

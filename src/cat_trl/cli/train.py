@@ -128,9 +128,13 @@ def check_recipe(script_args: CaTScriptArguments, args: CaTGRPOConfig, model_arg
             "would silently train 0 steps. Add prompts or lower per_device_train_batch_size / steps_per_generation."
         )
     try:
-        resolve_anchor_weights(args.cat_anchor_weights, is_peft=bool(model_args.use_peft),
-                               has_ref_model=args.beta > 0 and not model_args.use_peft,
-                               sync_ref_model=args.sync_ref_model)
+        source = resolve_anchor_weights(args.cat_anchor_weights, is_peft=bool(model_args.use_peft),
+                                        has_ref_model=args.beta > 0 and not model_args.use_peft,
+                                        sync_ref_model=args.sync_ref_model)
+        if args.cat_anchor_engine == "vllm" and not args.cat_anchor_engine_auto:  # `auto` falls back to transformers
+            from ..engines.vllm_engine import check_vllm_anchor_sharding, launch_fsdp_version
+
+            check_vllm_anchor_sharding(source, launch_fsdp_version(args))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if GOLD_RUBRICS_COLUMN in dataset.column_names and not args.open_ended:

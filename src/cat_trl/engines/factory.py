@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..distributed import full_weights_on_every_rank
 from .base import Engine
 
 if TYPE_CHECKING:
@@ -106,11 +107,13 @@ def build_engine(spec: EngineSpec, trainer: GRPOTrainer | None = None) -> Engine
 
         # Under ZeRO-3, transformers partitions every model it loads (zero.Init): the copy is sharded too.
         collective = trainer is not None and _is_zero3(trainer) and trainer.accelerator.num_processes > 1
-        return TransformersEngine.from_pretrained(
-            resolve_model_path(_copy_source(spec, trainer)), dtype=spec.dtype, device=spec.device,
-            load_kwargs=spec.load_kwargs, batch_size=spec.batch_size, max_context_tokens=spec.max_context,
-            collective=collective,
-        )
+        # Under FSDP nothing prepares the copy: it must load its real weights on every rank (see distributed.py).
+        with full_weights_on_every_rank():
+            return TransformersEngine.from_pretrained(
+                resolve_model_path(_copy_source(spec, trainer)), dtype=spec.dtype, device=spec.device,
+                load_kwargs=spec.load_kwargs, batch_size=spec.batch_size, max_context_tokens=spec.max_context,
+                collective=collective,
+            )
     return _shared_transformers_engine(spec, trainer)
 
 

@@ -11,12 +11,15 @@ allows one per process), so the anchor *borrows* that engine inside the reward s
 pi_0's weights come from (`cat_anchor_weights`): `peft_base` -- the policy's base weights with the adapter *not*
 merged (no extra memory); `ref_model` -- TRL's frozen reference model; `copy` -- the initial checkpoint's tensors,
 kept once in (pinned) CPU memory or streamed from its safetensors files on every call (`cat_vllm_anchor_offload`).
+Under FSDP2 and ZeRO-3 the first two are sharded: they are streamed one parameter at a time (FSDP2:
+`DTensor.full_tensor()`, ZeRO-3: TRL's `gather_params`), every rank taking part in every gather, exactly as TRL streams
+its sharded policy; no rank holds more than one full parameter beyond its shard.
 
 The vLLM calls are exactly the ones TRL 1.16 makes in `trl/generation/vllm_generation.py` (`load_weights` on the
 driver worker's model, `reset_prefix_cache`, `wake_up(tags=...)`, `sleep(level=2)`, `generate` on token-id prompts
-with `SamplingParams`), and nothing else, so this module stays as thin as TRL's own integration. It was written
-against vLLM's public API and exercised on CPU with an object that implements the same surface and really generates
-with transformers (tests/test_vllm_anchor.py); see README for what has and has not run on a GPU.
+with `SamplingParams`), and nothing else, so this module stays as thin as TRL's own integration. It runs against real
+vLLM (the CPU build) in `make test-vllm`, DDP and FSDP2; sleep mode and TP > 1 (refused by vLLM's CPU build) are
+exercised with a stand-in (tests/test_vllm_anchor.py).
 """
 
 from __future__ import annotations
@@ -53,9 +56,24 @@ def vllm_param_name(name: str) -> str:
     return name
 
 
-def peft_base_weights(model, gather: Callable = contextlib.nullcontext) -> WeightSource:
+def _full(param: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    """One parameter in full. An FSDP2 (`fully_shard`) parameter is a `DTensor` holding this rank's shard:
+    `full_tensor()` all-gathers it -- a collective, so every rank must walk the same parameters in the same order
+    (the anchor loads pi_0 on every rank, also ranks with no group to synthesize). As in TRL's
+    `_iter_fsdp2_params`, a CPU-offloaded shard moves to the device first (gloo/NCCL gather there)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(param, DTensor):
+        if device is not None and param.device != device:
+            param = param.to(device)
+        return param.full_tensor()
+    return param.data
+
+
+def peft_base_weights(model, gather: Callable = contextlib.nullcontext, device=None) -> WeightSource:
     """The PEFT policy's *unmerged* base weights: LoRA tensors skipped, `modules_to_save` replaced by the original
-    module they shadow -- i.e. pi_0 exactly, with no copy made."""
+    module they shadow -- i.e. pi_0 exactly, with no copy made. Sharded parameters (ZeRO-3: `gather`; FSDP2:
+    `DTensor`) are gathered one at a time, so no rank ever holds more than one full parameter beyond its shard."""
 
     def source():
         prefix = getattr(model, "prefix", "lora_")
@@ -63,18 +81,19 @@ def peft_base_weights(model, gather: Callable = contextlib.nullcontext) -> Weigh
             if prefix in name or "modules_to_save." in name:
                 continue
             with gather([param]):
-                yield vllm_param_name(name.replace("original_module.", "")), param.data
+                yield vllm_param_name(name.replace("original_module.", "")), _full(param, device)
 
     return source
 
 
-def module_weights(module, gather: Callable = contextlib.nullcontext) -> WeightSource:
-    """Every parameter of a (frozen) module, e.g. TRL's reference model, gathered one at a time under ZeRO-3."""
+def module_weights(module, gather: Callable = contextlib.nullcontext, device=None) -> WeightSource:
+    """Every parameter of a (frozen) module, e.g. TRL's reference model, gathered one at a time (ZeRO-3: `gather`;
+    FSDP2: `DTensor.full_tensor()`)."""
 
     def source():
         for name, param in module.named_parameters():
             with gather([param]):
-                yield vllm_param_name(name), param.data
+                yield vllm_param_name(name), _full(param, device)
 
     return source
 
@@ -291,6 +310,35 @@ class VLLMAnchorUnsupported(ValueError):
     transformers anchor (logged), an explicit `vllm` raises this."""
 
 
+def launch_fsdp_version(args) -> int | None:
+    """The FSDP version this launch will shard with, known before any model loads: from the training arguments'
+    `fsdp_config` (transformers' `fsdp_plugin_args`) or an `accelerate launch` FSDP config (`ACCELERATE_USE_FSDP`,
+    `FSDP_VERSION`, which accelerate defaults to 1). None: not an FSDP launch."""
+    import os
+
+    plugin_args = getattr(args, "fsdp_plugin_args", None)
+    if plugin_args:
+        return int(plugin_args.get("fsdp_version", 2))
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
+        return int(os.environ.get("FSDP_VERSION", "1"))
+    return None
+
+
+def check_vllm_anchor_sharding(source: str, fsdp_version: int | None) -> None:
+    """Refuse the one sharded launch the vLLM anchor cannot stream pi_0 from: FSDP1 with a policy-sharing source.
+
+    FSDP2 parameters are `DTensor`s, gathered one at a time (`_full`), as TRL streams its FSDP2 policy. FSDP1 flattens
+    a module's parameters into one `FlatParameter` that only `summon_full_params` unflattens, module by module; cat-trl
+    does not walk that (FSDP1 is legacy in accelerate and needs GPUs, so it could not be tested). ZeRO-3 goes through
+    TRL's own `gather_params`. Called by `cat-trl train` before any model loads and by `build_vllm_anchor`.
+    """
+    if fsdp_version == 1 and source in ("peft_base", "ref_model"):
+        raise VLLMAnchorUnsupported(
+            f"cat_anchor_weights={source} with the vLLM anchor needs FSDP2 (fsdp_version: 2, as in "
+            "accelerate_configs/fsdp2.yaml), not FSDP1; or use cat_anchor_weights: copy or cat_anchor_engine: transformers."
+        )
+
+
 def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str = "cpu", *,
                       max_context: int | None = None) -> VLLMAnchorEngine:
     """The time-shared anchor for a `GRPOTrainer` with `use_vllm: true, vllm_mode: colocate`. `max_context` caps the
@@ -305,12 +353,9 @@ def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str
         )
     gather = vllm_param_gather(vg)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if trainer.is_fsdp_enabled and source in ("peft_base", "ref_model"):
-        raise VLLMAnchorUnsupported(
-            f"cat_anchor_weights={source} with the vLLM anchor is not supported under FSDP (parameters are gathered "
-            "per module there). Use cat_anchor_weights: copy (streams the initial checkpoint), a served anchor, or "
-            "cat_anchor_engine: transformers."
-        )
+    if trainer.is_fsdp_enabled:
+        check_vllm_anchor_sharding(source, getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", 1))
+    device = trainer.accelerator.device
     if source == "peft_base":
         if "ref" in getattr(model, "peft_config", {}):
             raise VLLMAnchorUnsupported(
@@ -318,13 +363,13 @@ def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str
                 "base weights only. Use cat_anchor_weights: copy with cat_anchor_model_name_or_path = the merged "
                 "initial checkpoint, or cat_anchor_engine: transformers."
             )
-        weights = peft_base_weights(model, gather)
+        weights = peft_base_weights(model, gather, device)
     elif source == "ref_model":
-        weights = module_weights(trainer.accelerator.unwrap_model(trainer.ref_model), gather)
+        weights = module_weights(trainer.accelerator.unwrap_model(trainer.ref_model), gather, device)
     else:
         if checkpoint is None:
             raise ValueError("cat_anchor_weights=copy with the vLLM anchor needs the initial checkpoint's path")
-        weights = checkpoint_weights(checkpoint, offload, trainer.accelerator.device)
+        weights = checkpoint_weights(checkpoint, offload, device)
 
     limit = vllm_max_model_len(vg.llm)
     if max_context and limit and max_context > limit:
