@@ -150,3 +150,22 @@ def test_full_state_dict_checkpoint_resumes_with_the_anchor_still_pi0(runs, vari
     # The resumed policy is the checkpoint's, not pi_0: its greedy output differs on these prompts.
     resumed = _greedy(_trained(ckpt, varied_tiny_model_path, False), prompts)
     assert resumed != _greedy(pi0, prompts)
+
+
+def test_compare_scores_held_out_points_as_a_collective_under_fsdp2(tmp_path, varied_tiny_model_path):
+    """`cat-trl compare` under FSDP2: the sharded policy scores held-out points with every rank generating together
+    (5 problems over 2 ranks: 3 + 2, the short rank padded). Its in-training step-0 point equals, problem by problem,
+    the initial model's point scored from an unsharded copy."""
+    out = tmp_path / "compare"
+    proc = launch_fsdp2([str(REPO / "tests" / "scripts" / "fsdp2_compare.py"), "--config",
+                         str(REPO / "tests" / "recipes" / "compare-tiny.yaml"), "--model_name_or_path",
+                         varied_tiny_model_path, "--output_dir", str(out), "--heldout_size", "5"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    result = json.loads((out / "fsdp2_compare.json").read_text())
+    assert result["distributed_type"] == "DistributedType.FSDP"
+    curve = result["cat"]["curve"]
+    assert [r["step"] for r in curve] == [0, 1, 2] and result["cat"]["steps"] == 2
+    initial, sharded = result["initial"]["curve"][0], curve[0]
+    assert [p["index"] for p in sharded["problems"]] == list(range(5))
+    assert [p["greedy"] for p in sharded["problems"]] == [p["greedy"] for p in initial["problems"]]
+    assert len({p["greedy"] for p in initial["problems"]}) > 1  # prompt-dependent outputs: the equality means something

@@ -67,9 +67,14 @@ class HeldOutEvaluator:
         answer = self.extract(text)
         return answer is not None and self.matcher.match(answer, str(gold)), answer is None
 
-    def evaluate(self, engine: Engine) -> dict[str, float]:
+    def evaluate(self, engine: Engine) -> dict[str, Any]:
         """Scores every held-out problem. Under DDP each rank scores its share (`rows[rank::world]`) and the
-        per-problem results are gathered, so all ranks return the same numbers."""
+        per-problem results are gathered, so all ranks return the same numbers. A collective engine (a sharded
+        policy: FSDP2 / ZeRO-3) is called on every rank, also a rank with no problem left, so that every forward pass
+        has all ranks in it.
+
+        Returns the aggregates and `problems`: one entry per held-out row, in row order (`index`), with the greedy
+        text, its extracted answer, whether it is right, and the pass@1 fraction -- what paired comparisons need."""
         from accelerate import PartialState
 
         from ..distributed import gather_all
@@ -77,14 +82,16 @@ class HeldOutEvaluator:
         s = self.settings
         state = PartialState()
         start = time.perf_counter()
+        collective = bool(getattr(engine, "collective", False))
         mine = list(range(state.process_index, len(self.rows), state.num_processes))
         conversations = [list(self.rows[i]["prompt"]) for i in mine]
         golds = [self.rows[i]["gold_answer"] for i in mine]
         greedy = engine.generate(conversations, SamplingSettings(max_new_tokens=s.max_new_tokens, temperature=0.0),
-                                 s.chat_template_kwargs) if mine else []
-        scores = [self._correct(g.text, gold) for g, gold in zip(greedy, golds)]
-        pass1 = [None] * len(mine)
-        if s.k > 0 and mine:
+                                 s.chat_template_kwargs) if mine or collective else []
+        answers = [self.extract(g.text) for g in greedy]
+        correct = [a is not None and self.matcher.match(a, str(gold)) for a, gold in zip(answers, golds)]
+        pass1: list[float | None] = [None] * len(mine)
+        if s.k > 0 and (mine or collective):
             sampled = engine.generate(
                 [c for c in conversations for _ in range(s.k)],
                 SamplingSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
@@ -93,21 +100,44 @@ class HeldOutEvaluator:
             )
             pass1 = [sum(self._correct(g.text, gold)[0] for g in sampled[j * s.k : (j + 1) * s.k]) / s.k
                      for j, gold in enumerate(golds)]
-        per_problem = gather_all([(float(c), none, p) for (c, none), p in zip(scores, pass1)])
-        out: dict[str, float] = {}
-        out["greedy_accuracy"], out["greedy_accuracy_se"] = mean_se([c for c, _, _ in per_problem])
-        out["no_answer_rate"] = sum(none for _, none, _ in per_problem) / len(per_problem)
+        problems = sorted(gather_all([
+            {"index": i, "greedy": g.text, "answer": a, "correct": bool(c), "pass1": p}
+            for i, g, a, c, p in zip(mine, greedy, answers, correct, pass1)]), key=lambda r: r["index"])
+        out: dict[str, Any] = {}
+        out["greedy_accuracy"], out["greedy_accuracy_se"] = mean_se([float(r["correct"]) for r in problems])
+        out["no_answer_rate"] = sum(r["answer"] is None for r in problems) / len(problems)
         if s.k > 0:
-            out["pass1"], out["pass1_se"] = mean_se([p for _, _, p in per_problem])
+            out["pass1"], out["pass1_se"] = mean_se([r["pass1"] for r in problems])
         out["seconds"] = time.perf_counter() - start
+        out["problems"] = problems
         return out
 
 
-def policy_engine(model, tokenizer, batch_size: int | None = None) -> Engine:
-    """A transformers engine on the live policy (PEFT adapters active, as the policy generates)."""
+def policy_engine(model, tokenizer, batch_size: int | None = None, accelerator=None) -> Engine:
+    """A transformers engine on the live policy (PEFT adapters active, as the policy generates).
+
+    With `accelerator` and a sharded policy (FSDP2, ZeRO-3, more than one process) the engine is collective: it
+    generates inside TRL's `unwrap_model_for_generation` (gathers ZeRO-3 parameters, turns gradient checkpointing off)
+    with every rank running the same number of micro-batches (`synced_gpus`), as the sharded anchor does."""
     from ..engines.transformers_engine import TransformersEngine
 
-    return TransformersEngine(model, tokenizer, batch_size=batch_size, name="policy")
+    if accelerator is None or accelerator.num_processes < 2 or not _sharded(accelerator):
+        return TransformersEngine(model, tokenizer, batch_size=batch_size, name="policy")
+    from ..trl_compat import unwrap_for_generation
+
+    return TransformersEngine(lambda: unwrap_for_generation(model, accelerator), tokenizer, batch_size=batch_size,
+                              name="policy", collective=True,
+                              max_context_tokens=getattr(getattr(model, "config", None), "max_position_embeddings",
+                                                         None))
+
+
+def _sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
 
 
 class HeldOutEvalCallback(TrainerCallback):
@@ -115,19 +145,25 @@ class HeldOutEvalCallback(TrainerCallback):
     `{"step": s, **metrics}` to `records`. The model is put in eval mode for the evaluation and restored after."""
 
     def __init__(self, evaluator: HeldOutEvaluator, steps: list[int], tokenizer, records: list[dict],
-                 batch_size: int | None = None, on_record=None):
+                 batch_size: int | None = None, on_record=None, accelerator=None):
         self.evaluator, self.steps, self.tokenizer = evaluator, sorted(set(steps)), tokenizer
         self.records, self.batch_size, self.on_record = records, batch_size, on_record
+        #: the trainer's accelerator: a sharded policy is scored as a collective (`policy_engine`)
+        self.accelerator = accelerator
 
     def _score(self, step: int, model) -> None:
+        from ..distributed import reshard_fsdp2
+
         if any(r["step"] == step for r in self.records):
             return
         was_training = model.training
         model.eval()
         try:
-            record = {"step": step, **self.evaluator.evaluate(policy_engine(model, self.tokenizer, self.batch_size))}
+            engine = policy_engine(model, self.tokenizer, self.batch_size, self.accelerator)
+            record = {"step": step, **self.evaluator.evaluate(engine)}
         finally:
             model.train(was_training)
+            reshard_fsdp2(model)  # forward-only passes leave FSDP2 units unsharded (TRL's next vLLM sync needs shards)
         self.records.append(record)
         if self.on_record is not None:
             self.on_record(record)

@@ -184,7 +184,8 @@ class Comparison:
         records = [dict(initial["curve"][0])] if initial else []
         callback = HeldOutEvalCallback(self.evaluator, self.steps, None, records,
                                        batch_size=self.compare_args.heldout_batch_size,
-                                       on_record=lambda r: logger.info("compare %s step %d: %s", arm, r["step"], r))
+                                       on_record=lambda r: logger.info("compare %s step %d: %s", arm, r["step"],
+                                                                 {k: v for k, v in r.items() if k != "problems"}))
         start = time.perf_counter()
         if arm == "gold":
             reward = GoldAnswerReward(args.cat_match, args.cat_match_timeout, args.cat_answer_extraction)
@@ -196,11 +197,8 @@ class Comparison:
         else:
             trainer = CaTGRPOTrainer(model=model_path, args=args, train_dataset=self.train_dataset(),
                                      peft_config=peft_config_of(model_args), anchor_model_name_or_path=model_path)
-        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-            raise ValueError("cat-trl compare scores held-out points with the policy's own generate on each rank, "
-                             "which sharded models (FSDP / DeepSpeed) cannot do outside a collective: launch it with "
-                             "DDP (accelerate_configs/multi_gpu.yaml) or one process.")
         callback.tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+        callback.accelerator = trainer.accelerator  # FSDP2 / ZeRO-3: held-out points are scored as a collective
         trainer.add_callback(callback)
         trainer.train()
         result = {"arm": arm, "curve": sorted(records, key=lambda r: r["step"]),
@@ -276,7 +274,7 @@ class Comparison:
         model = trainer.model
         model.eval()
         record = {"step": args.max_steps, **self.evaluator.evaluate(
-            policy_engine(model, tokenizer, ca.heldout_batch_size))}
+            policy_engine(model, tokenizer, ca.heldout_batch_size, trainer.accelerator))}
         losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
         curve = ([dict(initial["curve"][0])] if initial else []) + [record]
         return {"arm": "cat_sft", "curve": curve, "seconds": time.perf_counter() - start,
