@@ -6,7 +6,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-vllm quickstart quickstart-vllm compare eval bench bench-vllm test test-slow test-vllm ci clean
+.PHONY: setup setup-vllm quickstart quickstart-vllm compare eval bench bench-vllm bench-memory test test-slow test-vllm ci clean
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ bench: setup
 ## CaT-RL step with vLLM (colocated) vs plain GRPO with vLLM, anchor cost split, vLLM vs transformers rollouts.
 bench-vllm: setup-vllm
 	$(VENV_VLLM)/bin/python benchmarks/vllm_step.py
+
+## Peak memory of one vLLM-anchor call per rank: FSDP2-streamed reference model vs DDP vs copy (2 processes each).
+bench-memory: setup-vllm
+	$(VENV_VLLM)/bin/python benchmarks/anchor_memory.py --output benchmarks/results-anchor-memory-cpu.json
 
 ## Default test suite (CPU, offline, ~3 min on 2 cores).
 test: setup

@@ -277,8 +277,9 @@ def test_tensor_parallel_ranks_with_unequal_group_counts_get_their_own_outputs(m
 
 
 def test_auto_falls_back_to_transformers_where_the_vllm_anchor_cannot_stream_pi0(models, tmp_path):
-    """FSDP with the reference model as pi_0: the vLLM anchor cannot stream per-module-gathered weights. `auto` logs
-    and uses the transformers anchor (which still reproduces pi_0); an explicit `vllm` raises, naming the way out."""
+    """FSDP1 with the reference model as pi_0: the vLLM anchor streams sharded weights from FSDP2 only (FSDP1 flattens
+    them per module). `auto` logs and uses the transformers anchor (which still reproduces pi_0); an explicit `vllm`
+    raises, naming the way out. (FSDP2 streams: tests/test_vllm_real.py runs it for real.)"""
     from cat_trl.engines.vllm_engine import VLLMAnchorUnsupported
     from cat_trl.from_config import build_anchor_engine
 
@@ -292,12 +293,13 @@ def test_auto_falls_back_to_transformers_where_the_vllm_anchor_cannot_stream_pi0
             cat_anchor_model_name_or_path=None,
         )
         accelerator = SimpleNamespace(unwrap_model=lambda m: m, device=torch.device("cpu"), num_processes=1,
-                                      state=SimpleNamespace(deepspeed_plugin=None))
+                                      state=SimpleNamespace(deepspeed_plugin=None,
+                                                            fsdp_plugin=SimpleNamespace(fsdp_version=1)))
         return SimpleNamespace(args=args, vllm_generation=_vg(FakeLLM(engine_model, tokenizer), False), model=policy,
                                ref_model=initial, accelerator=accelerator, is_fsdp_enabled=True,
                                is_deepspeed_enabled=False, processing_class=tokenizer, _last_loaded_step=3)
 
-    with pytest.raises(VLLMAnchorUnsupported, match="cat_anchor_engine: transformers"):
+    with pytest.raises(VLLMAnchorUnsupported, match="fsdp_version: 2.*cat_anchor_engine: transformers"):
         build_anchor_engine(trainer(auto=False))
     t = trainer(auto=True)
     engine, source, kind = build_anchor_engine(t)

@@ -66,8 +66,10 @@ def main() -> None:
     from cat_trl.trainer import CaTGRPOTrainer
 
     peft = cli.mode == "peft"
+    gpu = torch.cuda.is_available()  # scripts/gpu_smoke_fsdp2.py runs this same file on 2 GPUs
     args = CaTGRPOConfig(
-        output_dir=os.path.join(cli.out, "trainer"), use_cpu=True, bf16=False, gradient_checkpointing=False,
+        output_dir=os.path.join(cli.out, "trainer"), use_cpu=not gpu, bf16=False, gradient_checkpointing=False,
+        **({"vllm_gpu_memory_utilization": 0.3} if gpu else {}),
         model_init_kwargs={"dtype": "float32"}, use_vllm=True, vllm_mode="colocate", vllm_max_model_length=2048,
         vllm_enable_sleep_mode=False, cat_vllm_llm_kwargs={"enforce_eager": True, "dtype": "float32"},
         num_generations=4, per_device_train_batch_size=6, max_completion_length=16, max_steps=cli.steps,
@@ -122,8 +124,9 @@ def main() -> None:
     @torch.no_grad()
     def hf_logprobs(model):
         rows = []
+        device = next(model.parameters()).device
         for i in ids:
-            x = torch.tensor([i])
+            x = torch.tensor([i], device=device)
             logp = torch.log_softmax(model(input_ids=x).logits[0].float(), -1)
             rows.append([float(logp[k - 1, i[k]]) for k in range(1, len(i))])
         return rows
@@ -141,7 +144,8 @@ def main() -> None:
     from cat_trl.distributed import full_weights_on_every_rank
 
     with full_weights_on_every_rank():  # else transformers < 5.18 loads zeros on rank 1 inside this FSDP launch
-        out["pi0_hf"] = hf_logprobs(AutoModelForCausalLM.from_pretrained(cli.model, dtype=torch.float32).eval())
+        pi0 = AutoModelForCausalLM.from_pretrained(cli.model, dtype=torch.float32).to(trainer.accelerator.device)
+        out["pi0_hf"] = hf_logprobs(pi0.eval())
 
     # 4. every weight source, from an engine holding the trained policy; rank 1 synthesizes nothing.
     greedy = SamplingSettings(max_new_tokens=16, temperature=0.0)
