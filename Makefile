@@ -60,7 +60,7 @@ test-slow: setup
 
 ## Real vLLM (CPU build): colocated CaT-RL steps, the anchor from every weight source, a served anchor and judge.
 test-vllm: setup-vllm
-	$(VENV_VLLM)/bin/python -m pytest -m vllm -q -p no:cacheprovider
+	CAT_TRL_REQUIRE_VLLM=1 $(VENV_VLLM)/bin/python -m pytest -m vllm -q -p no:cacheprovider
 
 ci: test test-slow test-vllm
 

@@ -175,10 +175,13 @@ def test_constructor_validation(kwargs, match):
         CaTSynthesisMathReward(**kwargs)
 
 
-def test_constructor_accepts_valid_settings():
-    CaTSynthesisMathReward(4, estimator="majority")
-    CaTSynthesisMathReward(4, anchor_model="/some/path")  # loaded lazily, not now
-    CaTSynthesisMathReward(2, engine=ScriptedEngine(lambda p: ""))
+def test_constructor_accepts_valid_settings_and_loads_nothing():
+    majority = CaTSynthesisMathReward(4, estimator="majority")
+    assert (majority.num_generations, majority.estimator_name, majority.engine) == (4, "majority", None)
+    lazy = CaTSynthesisMathReward(4, anchor_model="/no/such/path")  # a missing path is fine: loaded on first call
+    assert lazy.anchor_model == "/no/such/path" and lazy.engine is None
+    engine = ScriptedEngine(lambda p: "")
+    assert CaTSynthesisMathReward(2, engine=engine).engine is engine
 
 
 _ENV = (*CaTSynthesisMathReward.ENV, "CAT_MATCH", "CAT_ANSWER_EXTRACTION")

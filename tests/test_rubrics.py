@@ -295,7 +295,7 @@ def test_malformed_rubric_output_never_raises(text):
     from cat_trl.rubrics import RubricProposer
     from cat_trl.rubrics.parse import parse_rubric
 
-    parse_rubric(text, 1, 12, allow_list=True)
+    parsed = parse_rubric(text, 1, 12, allow_list=True)
 
     class Echo:
         collective = False
@@ -308,7 +308,9 @@ def test_malformed_rubric_output_never_raises(text):
 
     refs = [Reference(text="a reference")]
     RubricProposer(Echo(), SamplingSettings(max_new_tokens=8), min_criteria=1).propose(refs, [Group("q", ["a", "b"])])
-    assert refs[0].diagnostics["rubric_failed"] in (True, False)  # decided, not raised
+    # decided, not raised: a failed rubric exactly when the parser found no criterion in the output
+    assert refs[0].diagnostics["rubric_failed"] is (not parsed.criteria)
+    assert (refs[0].rubric is None) is (not parsed.criteria)
 
 
 def test_rubric_block_search_matches_the_regex_it_replaced():

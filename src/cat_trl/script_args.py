@@ -55,6 +55,9 @@ class CaTScriptArguments(ScriptArguments):
     synthetic_max_steps: int = field(
         default=2, metadata={"help": "Built-in data: at most this many arithmetic steps per word problem (1-3)."}
     )
+    synthetic_min_steps: int = field(
+        default=1, metadata={"help": "Built-in data: at least this many arithmetic steps per word problem."}
+    )
     prompts_per_step: int | None = field(
         default=None,
         metadata={"help": "Prompts per generation batch, fixed whatever num_generations is: per_device_train_batch_"

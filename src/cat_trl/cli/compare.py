@@ -42,8 +42,8 @@ def _parse(argv: list[str], recipe: dict):
 
 
 def parse_args(argv: Sequence[str]):
-    """(CompareArguments, arm_args): `arm_args(arm)` parses the recipe again for one arm (fresh config objects, TRL's
-    checks run per arm), with that arm's estimator and output directory."""
+    """(CompareArguments, arm_args, root): `arm_args(arm, seed=None)` parses the recipe again for one arm (fresh config
+    objects, TRL's checks run per arm), with that arm's estimator, output directory and (several seeds) seed."""
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
         make_parser().print_help()
@@ -54,8 +54,10 @@ def parse_args(argv: Sequence[str]):
         raise ConfigError("cat-trl compare needs max_steps >= 1 (every arm trains the same number of steps)")
     root = base.output_dir
 
-    def arm_args(arm: str):
-        extra = ["--output_dir", os.path.join(root, arm)]
+    def arm_args(arm: str, seed: int | None = None):
+        """One arm's arguments; with `seed` (one of several `seeds`) the run goes to `<root>/seed-<seed>/<arm>`."""
+        out = os.path.join(root, arm) if seed is None else os.path.join(root, f"seed-{seed}", arm)
+        extra = ["--output_dir", out] + ([] if seed is None else ["--seed", str(seed)])
         if arm in RL_ARMS:
             extra += ["--cat_estimator", RL_ARMS[arm]]
         _, script_args, args, model_args = _parse([*argv, *extra], recipe)

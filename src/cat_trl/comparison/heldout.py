@@ -73,8 +73,10 @@ class HeldOutEvaluator:
         policy: FSDP2 / ZeRO-3) is called on every rank, also a rank with no problem left, so that every forward pass
         has all ranks in it.
 
-        Returns the aggregates and `problems`: one entry per held-out row, in row order (`index`), with the greedy
-        text, its extracted answer, whether it is right, and the pass@1 fraction -- what paired comparisons need."""
+        Returns the aggregates of the seeded (in-distribution) split, `ood` with those of the out-of-distribution
+        rows (`split: ood`) when there are any, and `problems`: one entry per held-out row, in row order (`index`),
+        with its split, the greedy text, its extracted answer, whether it is right, and the pass@1 fraction -- what
+        paired comparisons need."""
         from accelerate import PartialState
 
         from ..distributed import gather_all
@@ -101,15 +103,23 @@ class HeldOutEvaluator:
             pass1 = [sum(self._correct(g.text, gold)[0] for g in sampled[j * s.k : (j + 1) * s.k]) / s.k
                      for j, gold in enumerate(golds)]
         problems = sorted(gather_all([
-            {"index": i, "greedy": g.text, "answer": a, "correct": bool(c), "pass1": p}
+            {"index": i, "split": self.rows[i].get("split", "in"), "greedy": g.text, "answer": a,
+             "correct": bool(c), "pass1": p}
             for i, g, a, c, p in zip(mine, greedy, answers, correct, pass1)]), key=lambda r: r["index"])
-        out: dict[str, Any] = {}
-        out["greedy_accuracy"], out["greedy_accuracy_se"] = mean_se([float(r["correct"]) for r in problems])
-        out["no_answer_rate"] = sum(r["answer"] is None for r in problems) / len(problems)
-        if s.k > 0:
-            out["pass1"], out["pass1_se"] = mean_se([r["pass1"] for r in problems])
+        out: dict[str, Any] = self._aggregate([r for r in problems if r["split"] == "in"])
+        ood = [r for r in problems if r["split"] == "ood"]
+        if ood:
+            out["ood"] = self._aggregate(ood)
         out["seconds"] = time.perf_counter() - start
         out["problems"] = problems
+        return out
+
+    def _aggregate(self, problems: list[dict]) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": len(problems)}
+        out["greedy_accuracy"], out["greedy_accuracy_se"] = mean_se([float(r["correct"]) for r in problems])
+        out["no_answer_rate"] = sum(r["answer"] is None for r in problems) / max(len(problems), 1)
+        if self.settings.k > 0:
+            out["pass1"], out["pass1_se"] = mean_se([r["pass1"] for r in problems])
         return out
 
 

@@ -22,40 +22,102 @@ def final(result: dict[str, Any]) -> dict[str, Any]:
     return max(result["curve"], key=lambda r: r["step"])
 
 
+def _scores(result: dict[str, Any], split: str) -> list[float]:
+    """0/1 greedy correctness per held-out problem of `split` at the arm's final point, in problem order."""
+    return [float(p["correct"]) for p in final(result).get("problems", []) if p.get("split", "in") == split]
+
+
+def paired_table(results: dict[str, Any], split: str = "in") -> list[dict[str, Any]]:
+    """Every arm against the initial model and against every other arm at the final point, paired over the same
+    problems (per-problem correctness averaged over seeds), with a 95 % paired-bootstrap interval."""
+    from .stats import paired_difference
+
+    runs = list(results["runs"].values())
+    arm_names = list(runs[0]["arms"])
+    per_arm = {}
+    for arm in arm_names:
+        per_seed = [_scores(run["arms"][arm], split) for run in runs if arm in run["arms"]]
+        if not per_seed or not per_seed[0]:
+            continue
+        per_arm[arm] = [sum(col) / len(col) for col in zip(*per_seed)]
+    rows = []
+    names = list(per_arm)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            first, second = (b, a) if a == "none" else (a, b)  # "X - initial", never "initial - X"
+            rows.append({"a": first, "b": second, **paired_difference(per_arm[first], per_arm[second])})
+    return rows
+
+
 def markdown(results: dict[str, Any], machine: str | None = None) -> str:
-    arms = results["arms"]
+    from .stats import describe, mean_spread
+
+    runs = results["runs"]
     steps = results["eval_steps"]
-    base = final(arms["none"])["greedy_accuracy"] if "none" in arms else None
+    prov = results.get("provenance") or {}
+    git = prov.get("git") or {}
     lines = [
         "# Learning comparison",
         "",
-        f"{results['train_problems']} training problems, {results['heldout_size']} held out (never trained on); "
-        f"G = {results['settings']['num_generations']}, {results['settings']['max_steps']} steps, "
-        f"lr {results['settings']['learning_rate']}, model `{results['settings']['model']}`. "
-        f"Wall time {results['wall_seconds'] / 60:.1f} min" + (f" on {machine}." if machine else "."),
-        "",
-        "Held-out greedy accuracy (± standard error over problems) at each evaluation step:",
-        "",
-        "| arm | " + " | ".join(f"step {s}" for s in steps) + " | pass@1 (final) | Δ greedy vs initial |",
-        "|---|" + "---|" * (len(steps) + 2),
+        f"{results['train_problems']} training problems, {results['heldout_size']} held out (seeded split, never "
+        f"trained on)" + (f" + {results['ood_size']} out-of-distribution (more operations than any training problem)"
+                          if results.get("ood_size") else "")
+        + f"; G = {results['settings']['num_generations']}, {results['settings']['max_steps']} steps, "
+        f"lr {results['settings']['learning_rate']}, model `{results['settings']['model']}`, seeds "
+        f"{', '.join(str(r['seed']) for r in runs.values())}. Wall time {results['wall_seconds'] / 60:.1f} min"
+        + (f" on {machine}." if machine else "."),
+        f"Code: git {str(git.get('revision'))[:12]}{' (dirty)' if git.get('dirty') else ''}; configuration sha256 "
+        f"{str(results.get('config_sha256'))[:12]} (the full configuration of every arm is in compare_results.json).",
     ]
-    for arm, result in arms.items():
-        by_step = {r["step"]: r for r in result["curve"]}
-        cells = [_fmt(by_step[s]["greedy_accuracy"], by_step[s]["greedy_accuracy_se"]) if s in by_step else ""
-                 for s in steps]
-        last = final(result)
-        delta = "" if base is None or arm == "none" else f"{last['greedy_accuracy'] - base:+.3f}"
-        lines.append(f"| {ARM_LABELS.get(arm, arm)} | " + " | ".join(cells)
-                     + f" | {_fmt(last.get('pass1'), last.get('pass1_se'))} | {delta} |")
-    lines += ["", "Training diagnostics (means over the run's logged steps; gold read only for these):", "",
-              "| arm | reward | reference acc. (label_accuracy) | reward acc. | reference parse failure | "
-              "ref ≠ majority | no-answer rate (final, held-out) | minutes |", "|---|---|---|---|---|---|---|---|"]
-    for arm, result in arms.items():
-        d = result.get("diagnostics", {})
-        lines.append(f"| {ARM_LABELS.get(arm, arm)} | {_fmt(d.get('reward'))} | {_fmt(d.get('cat/label_accuracy'))} | "
-                     f"{_fmt(d.get('cat/reward_accuracy'))} | {_fmt(d.get('cat/reference_parse_failure'))} | "
-                     f"{_fmt(d.get('cat/reference_ne_majority'))} | {_fmt(final(result).get('no_answer_rate'))} | "
-                     f"{result['seconds'] / 60:.1f} |")
+    for key, run in runs.items():
+        arms = run["arms"]
+        lines += ["", f"## Seed {run['seed'] if run['seed'] is not None else results['settings']['seed']}", "",
+                  "Held-out greedy accuracy (± s.e. over problems) at each evaluation step:", "",
+                  "| arm | " + " | ".join(f"step {s}" for s in steps) + " | pass@1 (final) | OOD greedy (final) |",
+                  "|---|" + "---|" * (len(steps) + 2)]
+        for arm, result in arms.items():
+            by_step = {r["step"]: r for r in result["curve"]}
+            cells = [_fmt(by_step[s]["greedy_accuracy"], by_step[s]["greedy_accuracy_se"]) if s in by_step else ""
+                     for s in steps]
+            last = final(result)
+            ood = last.get("ood") or {}
+            lines.append(f"| {ARM_LABELS.get(arm, arm)} | " + " | ".join(cells)
+                         + f" | {_fmt(last.get('pass1'), last.get('pass1_se'))} | "
+                         f"{_fmt(ood.get('greedy_accuracy'), ood.get('greedy_accuracy_se'))} |")
+        lines += ["", "Training diagnostics (means over the run's logged steps; gold read only for these):", "",
+                  "| arm | reward | reference acc. (label_accuracy) | reward acc. | reference parse failure | "
+                  "ref ≠ majority | no-answer rate (final, held-out) | minutes |", "|---|---|---|---|---|---|---|---|"]
+        for arm, result in arms.items():
+            d = result.get("diagnostics", {})
+            lines.append(f"| {ARM_LABELS.get(arm, arm)} | {_fmt(d.get('reward'))} | "
+                         f"{_fmt(d.get('cat/label_accuracy'))} | {_fmt(d.get('cat/reward_accuracy'))} | "
+                         f"{_fmt(d.get('cat/reference_parse_failure'))} | {_fmt(d.get('cat/reference_ne_majority'))} | "
+                         f"{_fmt(final(result).get('no_answer_rate'))} | {result['seconds'] / 60:.1f} |")
+        sft = arms.get("cat_sft", {}).get("diagnostics")
+        if sft:
+            lines += ["", f"CaT-SFT: {sft.get('sft_references')} training references on the RL arms' questions, "
+                          f"{sft.get('sft_validation_references')} validation references; early stopping "
+                          + ("chose an earlier checkpoint." if sft.get("sft_early_stopping_triggered") else
+                             "**never triggered** (the last evaluation had the lowest validation loss).")]
+    if len(runs) > 1:
+        lines += ["", "## Over seeds", "", "Final held-out greedy accuracy per seed, mean ± sd (min–max):", "",
+                  "| arm | per seed | mean ± sd (min–max) |", "|---|---|---|"]
+        first = next(iter(runs.values()))["arms"]
+        for arm in first:
+            values = [final(run["arms"][arm])["greedy_accuracy"] for run in runs.values() if arm in run["arms"]]
+            m = mean_spread(values)
+            sd = "–" if m["sd"] is None else f"{m['sd']:.3f}"
+            lines.append(f"| {ARM_LABELS.get(arm, arm)} | {', '.join(f'{v:.3f}' for v in values)} | "
+                         f"{m['mean']:.3f} ± {sd} ({m['min']:.3f}–{m['max']:.3f}) |")
+    for split, title in (("in", "held-out split"), ("ood", "out-of-distribution set")):
+        table = paired_table(results, split)
+        if not table:
+            continue
+        lines += ["", f"## Paired differences, {title} (final points)", "",
+                  "Greedy accuracy difference over the same problems (per-problem correctness averaged over seeds), "
+                  "95 % paired-bootstrap interval; McNemar's exact test for one seed. \"not distinguishable\": the "
+                  "interval holds 0.", ""]
+        lines += [f"- {describe(r, ARM_LABELS.get(r['a'], r['a']), ARM_LABELS.get(r['b'], r['b']))}" for r in table]
     return "\n".join(lines) + "\n"
 
 
@@ -66,7 +128,8 @@ def plot(results: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm, result in results["arms"].items():
+    run = next(iter(results["runs"].values()))  # the first seed (the report has every seed)
+    for arm, result in run["arms"].items():
         curve = sorted(result["curve"], key=lambda r: r["step"])
         xs = [r["step"] for r in curve]
         ys = [r["greedy_accuracy"] for r in curve]
@@ -100,10 +163,11 @@ def log_wandb(results: dict[str, Any], paths: dict[str, str], project: str, run_
     import wandb
 
     run = wandb.init(project=project, name=run_name or "cat-compare", config=results["settings"], reinit=True)
-    columns = ["arm", "step", "greedy_accuracy", "greedy_accuracy_se", "pass1", "pass1_se", "no_answer_rate"]
+    columns = ["seed", "arm", "step", "greedy_accuracy", "greedy_accuracy_se", "pass1", "pass1_se", "no_answer_rate"]
     table = wandb.Table(columns=columns)
-    for arm, result in results["arms"].items():
-        for r in result["curve"]:
-            table.add_data(arm, r["step"], *(r.get(c) for c in columns[2:]))
+    for run_ in results["runs"].values():
+        for arm, result in run_["arms"].items():
+            for r in result["curve"]:
+                table.add_data(run_["seed"], arm, r["step"], *(r.get(c) for c in columns[3:]))
     run.log({"compare/curves": table, "compare/accuracy": wandb.Image(paths["png"])})
     run.finish()

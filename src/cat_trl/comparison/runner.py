@@ -37,6 +37,8 @@ RL_ARMS = {"cat": "synthesis", "majority": "majority", "self_bon": "self_bon", "
            "mutual_predictability": "mutual_predictability"}
 ARMS = ("none", *RL_ARMS, "gold", "cat_sft")
 #: training diagnostics carried into the results (means over the run's logging steps)
+#: settings that differ between reruns of one configuration without changing it
+VOLATILE = ("output_dir", "logging_dir", "hub_token")
 DIAGNOSTICS = ("reward", "cat/label_accuracy", "cat/reward_accuracy", "cat/reference_parse_failure",
                "cat/reference_ne_majority", "cat/reference_format_failure", "cat/ground_truth_ratio")
 
@@ -59,7 +61,15 @@ class CompareArguments:
     sft_lora_r: int = field(default=32, metadata={"help": "CaT-SFT LoRA rank (paper: 32)."})
     sft_batch_size: int = field(default=32, metadata={"help": "CaT-SFT effective batch size (paper: 32)."})
     sft_epochs: float = field(default=3.0, metadata={"help": "CaT-SFT epochs (early stopping may end it sooner)."})
-    sft_validation_fraction: float = field(default=0.1, metadata={"help": "CaT-SFT rows kept for validation loss."})
+    sft_validation_size: int = field(default=32, metadata={
+        "help": "CaT-SFT validation questions, set aside from every arm's training pool (pi_0 references on them; "
+                "early stopping on their loss)."})
+    seeds: list[int] | None = field(default=None, metadata={
+        "help": "Training seeds: every arm runs once per seed on the same held-out problems (default: the recipe's "
+                "seed). The report gives each seed and the mean with its spread."})
+    ood_size: int = field(default=0, metadata={
+        "help": "Out-of-distribution held-out problems (synthetic_math only): problems with more operations than any "
+                "training problem has, scored at every point beside the seeded split. 0: none."})
     sft_patience: int = field(default=2, metadata={"help": "Evaluations without a lower validation loss before "
                                                            "CaT-SFT stops."})
 
@@ -74,14 +84,32 @@ class CompareArguments:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.heldout_k < 0:
             raise ValueError(f"heldout_k must be >= 0, got {self.heldout_k}")
-        if not 0 < self.sft_validation_fraction < 1:
-            raise ValueError(f"sft_validation_fraction must be in (0, 1), got {self.sft_validation_fraction}")
+        if self.sft_validation_size < 2:
+            raise ValueError(f"sft_validation_size must be >= 2, got {self.sft_validation_size}")
+        if self.ood_size < 0:
+            raise ValueError(f"ood_size must be >= 0, got {self.ood_size}")
+        if self.seeds is not None:
+            if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds must list distinct integers, got {self.seeds}")
+            self.seeds = [int(x) for x in self.seeds]
 
 
 def eval_steps(max_steps: int, every: int) -> list[int]:
     """Held-out points: every `every` steps and the last step (step 0 is the initial model, scored once)."""
     steps = list(range(every, max_steps + 1, every))
     return steps if steps and steps[-1] == max_steps else [*steps, max_steps]
+
+
+def config_digest(config: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _question_key(row: dict[str, Any]) -> str:
+    from ..messages import question_text
+
+    return " ".join(str(row.get("question") or question_text(row["prompt"])).split()).lower()
 
 
 def _rows(dataset) -> list[dict[str, Any]]:
@@ -97,6 +125,21 @@ def _diagnostics(log_history: list[dict]) -> dict[str, float]:
     return out
 
 
+def trained_questions(trainer, args) -> list[str]:
+    """The questions an RL arm trains on, in the order it sees them, read from the trainer's own training
+    dataloader (TRL's seeded `RepeatSampler`; every rank's slice of every generation batch, gathered in rank order):
+    the batches its `max_steps` optimizer steps consume, each question once. CaT-SFT trains on exactly these."""
+    from ..distributed import gather_all
+
+    batches = max(1, args.max_steps * args.gradient_accumulation_steps)
+    keys: list[str] = []
+    for i, batch in enumerate(trainer.get_train_dataloader()):
+        if i >= batches:
+            break
+        keys.extend(gather_all([_question_key(row) for row in batch]))
+    return list(dict.fromkeys(keys))
+
+
 class Comparison:
     """Runs the arms one after the other in this process and collects `results` (see `run`).
 
@@ -108,7 +151,34 @@ class Comparison:
     """
 
     def __init__(self, compare_args: CompareArguments, arm_args, output_dir: str):
-        self.compare_args, self.arm_args, self.output_dir = compare_args, arm_args, output_dir
+        self.compare_args, self._arm_args, self.output_dir = compare_args, arm_args, output_dir
+        #: the training seed being run (None: the recipe's own, one seed)
+        self.seed: int | None = None
+
+    def arm_args(self, arm: str):
+        """(script_args, CaTGRPOConfig, ModelConfig) of `arm` for the seed being run."""
+        return self._arm_args(arm) if self.seed is None else self._arm_args(arm, self.seed)
+
+    def seeds(self) -> list[int | None]:
+        return [None] if not self.compare_args.seeds else list(self.compare_args.seeds)
+
+    def configuration(self) -> dict:
+        """Every setting of every arm (resolved, prompts included) for every seed: what `compare_results.json` stores
+        and what a rerun into the same directory must match."""
+        import dataclasses
+
+        arms, saved = {}, self.seed
+        try:
+            for seed in self.seeds():
+                self.seed = seed
+                for arm in self.compare_args.arms:
+                    script_args, args, model_args = self.arm_args(arm)
+                    arms[f"{arm}" if seed is None else f"seed-{seed}/{arm}"] = {
+                        "training": {k: v for k, v in args.to_dict().items() if k not in VOLATILE},
+                        "data": dataclasses.asdict(script_args), "model": dataclasses.asdict(model_args)}
+        finally:
+            self.seed = saved
+        return {"compare": asdict(self.compare_args), "arms": arms}
 
     # ------------------------------------------------------------------ data
 
@@ -120,8 +190,22 @@ class Comparison:
         if not all(r.get("gold_answer") not in (None, "") for r in rows):
             raise ValueError("cat-trl compare scores held-out accuracy against gold answers: every problem needs one "
                              "(`gold_answer`; dataset_gold_column for generic data)")
+        self.check_output_dir()
         self.train_rows, self.heldout_rows = split_heldout(rows, self.compare_args.heldout_size,
                                                            self.compare_args.heldout_seed)
+        for row in self.heldout_rows:
+            row["split"] = "in"
+        self.sft_validation_rows: list[dict] = []
+        if "cat_sft" in self.compare_args.arms:  # set aside from every arm's training pool alike
+            size = self.compare_args.sft_validation_size
+            if len(self.train_rows) <= size + 1:
+                raise ValueError(f"sft_validation_size={size} leaves no training problems ({len(self.train_rows)})")
+            order = list(range(len(self.train_rows)))
+            random.Random(self.compare_args.heldout_seed + 1).shuffle(order)
+            self.sft_validation_rows = [self.train_rows[i] for i in sorted(order[:size])]
+            self.train_rows = [self.train_rows[i] for i in sorted(order[size:])]
+        if self.compare_args.ood_size:
+            self.heldout_rows += self._ood_rows(script_args, rows)
         prompts_per_batch = args.generation_batch_size // args.num_generations
         needed = prompts_per_batch * max(args.max_steps, 1) // max(args.steps_per_generation or 1, 1)
         if len(self.train_rows) < prompts_per_batch:
@@ -136,11 +220,49 @@ class Comparison:
             chat_template_kwargs=args.chat_template_kwargs))
         os.makedirs(self.output_dir, exist_ok=True)
         with open(os.path.join(self.output_dir, "heldout.jsonl"), "w") as f:
-            f.writelines(json.dumps({"question": r.get("question"), "gold_answer": r["gold_answer"]}) + "\n"
-                         for r in self.heldout_rows)
+            f.writelines(json.dumps({"question": r.get("question"), "gold_answer": r["gold_answer"],
+                                     "split": r["split"]}) + "\n" for r in self.heldout_rows)
         logger.info("compare: %d training problems (~%d used by %d steps), %d held out, points %s",
                     len(self.train_rows), min(needed, len(self.train_rows)), args.max_steps, len(self.heldout_rows),
                     self.steps)
+
+    def _ood_rows(self, script_args, train_rows: list[dict]) -> list[dict]:
+        """`ood_size` held-out problems whose structure never occurs in training: built-in word problems with more
+        operations (3) than any training problem (`synthetic_max_steps`), from another seed."""
+        import dataclasses
+
+        from ..data import load_train_dataset
+
+        if script_args.dataset_name != "synthetic_math":
+            raise ValueError("ood_size needs dataset_name: synthetic_math (the generator builds problems with more "
+                             "operations than training has); set ood_size: 0 for other data")
+        if script_args.synthetic_max_steps >= 3:
+            raise ValueError("ood_size: training already has 3-operation problems (synthetic_max_steps: 3); train with "
+                             "synthetic_max_steps 1 or 2 to hold out longer chains")
+        ood_args = dataclasses.replace(script_args, synthetic_num_problems=self.compare_args.ood_size,
+                                       synthetic_max_steps=3, synthetic_min_steps=3,
+                                       synthetic_seed=script_args.synthetic_seed + 1_000_003)
+        ood = _rows(load_train_dataset(ood_args))
+        trained = {_question_key(r) for r in train_rows}
+        return [{**r, "split": "ood"} for r in ood if _question_key(r) not in trained]
+
+    def check_output_dir(self) -> None:
+        """A rerun into a directory that holds results of another configuration is refused (it would mix or overwrite
+        them); the same configuration may be rerun."""
+        path = os.path.join(self.output_dir, "compare_results.json")
+        self.config = self.configuration()
+        self.config_sha256 = config_digest(self.config)
+        if not os.path.isfile(path):
+            return
+        try:
+            with open(path) as f:
+                previous = json.load(f).get("config_sha256")
+        except (OSError, ValueError):
+            previous = None
+        if previous != self.config_sha256:
+            raise ValueError(f"output_dir {self.output_dir} already holds compare results of a different "
+                             "configuration; choose a new output_dir (results are never overwritten by other "
+                             "settings)")
 
     def train_dataset(self):
         from datasets import Dataset
@@ -200,16 +322,20 @@ class Comparison:
         callback.tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
         callback.accelerator = trainer.accelerator  # FSDP2 / ZeRO-3: held-out points are scored as a collective
         trainer.add_callback(callback)
+        trained = trained_questions(trainer, args)
         trainer.train()
         result = {"arm": arm, "curve": sorted(records, key=lambda r: r["step"]),
                   "seconds": time.perf_counter() - start, "diagnostics": _diagnostics(trainer.state.log_history),
-                  "steps": trainer.state.global_step}
+                  "steps": trainer.state.global_step, "trained_questions": trained}
         with open(os.path.join(args.output_dir, "log_history.json"), "w") as f:
             json.dump(trainer.state.log_history, f, default=str)
         del trainer
         return result
 
-    def run_cat_sft(self, initial: dict | None) -> dict:
+    def run_cat_sft(self, initial: dict | None, trained: list[str] | None = None) -> dict:
+        """The paper's SFT baseline on exactly the questions an RL arm of this seed trained on (`trained`: its
+        `trained_questions`, in its order), validated on the `sft_validation_size` questions `prepare` set aside from
+        every arm's training pool."""
         from datasets import Dataset
         from peft import LoraConfig
         from transformers import EarlyStoppingCallback
@@ -225,12 +351,12 @@ class Comparison:
         _, args, model_args = self.arm_args("cat_sft")
         model_path = self._model_path(model_args)
         start = time.perf_counter()
-        # The questions the RL arms see in their run (same budget: G rollouts for each), in a seeded order.
-        prompts_per_batch = args.generation_batch_size // args.num_generations
-        budget = min(len(self.train_rows), prompts_per_batch * args.max_steps // max(args.steps_per_generation, 1))
-        order = list(range(len(self.train_rows)))
-        random.Random(args.seed).shuffle(order)
-        questions = [self.train_rows[i] for i in order[: max(budget, 2)]]
+        if not trained:
+            raise ValueError("cat_sft trains on the questions the RL arms train on: list an RL arm (e.g. cat) before "
+                             "cat_sft in arms")
+        by_key = {_question_key(r): r for r in self.train_rows}
+        questions = [by_key[k] for k in trained]
+        validation_questions = self.sft_validation_rows  # set aside from every arm's training pool in `prepare`
         pi0 = build_engine(EngineSpec("transformers", model=model_path,
                                       dtype=self._init_kwargs(args, model_args)["dtype"] or "auto",
                                       batch_size=args.cat_anchor_batch_size, max_context=args.cat_anchor_max_context))
@@ -241,13 +367,16 @@ class Comparison:
                                        chat_template_kwargs=args.chat_template_kwargs, extract_answer=self.extract)
         sft_rows, stats = build_cat_sft_rows(pi0, questions, args.num_generations, policy_sampling, estimator,
                                              args.chat_template_kwargs)
+        val_rows, val_stats = build_cat_sft_rows(pi0, validation_questions, args.num_generations, policy_sampling,
+                                                 estimator, args.chat_template_kwargs)
         del pi0, estimator
-        if len(sft_rows) < 2:
-            raise ValueError(f"CaT-SFT: only {len(sft_rows)} synthesized references; nothing to fine-tune on")
+        if len(sft_rows) < 2 or len(val_rows) < 1:
+            raise ValueError(f"CaT-SFT: only {len(sft_rows)} training / {len(val_rows)} validation references "
+                             "synthesized; nothing to fine-tune on")
         random.Random(args.seed).shuffle(sft_rows)
-        n_val = max(1, round(len(sft_rows) * ca.sft_validation_fraction))
-        data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in sft_rows])
-        train, val = data.select(range(n_val, len(data))), data.select(range(n_val))
+        as_data = lambda rows: Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}  # noqa: E731
+                                                  for r in rows])
+        train, val = as_data(sft_rows), as_data(val_rows)
         per_device = min(ca.sft_batch_size, 8)
         steps_per_epoch = max(1, math.ceil(len(train) / ca.sft_batch_size))
         sft_eval_every = max(1, steps_per_epoch // 2)
@@ -275,40 +404,60 @@ class Comparison:
         model.eval()
         record = {"step": args.max_steps, **self.evaluator.evaluate(
             policy_engine(model, tokenizer, ca.heldout_batch_size, trainer.accelerator))}
-        losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+        evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
+        best_step = min(evals, key=lambda e: e[1])[0] if evals else None
         curve = ([dict(initial["curve"][0])] if initial else []) + [record]
         return {"arm": "cat_sft", "curve": curve, "seconds": time.perf_counter() - start,
+                "trained_questions": [_question_key(r) for r in questions],
                 "diagnostics": {"sft_references": stats["references"], "sft_dropped": stats["dropped"],
+                                "sft_validation_references": val_stats["references"],
                                 "cat/reference_parse_failure": stats["reference_parse_failure"],
-                                "sft_best_eval_loss": min(losses) if losses else float("nan"),
+                                "sft_eval_losses": [loss for _, loss in evals],
+                                "sft_best_eval_loss": min(loss for _, loss in evals) if evals else float("nan"),
                                 "sft_best_checkpoint": os.path.basename(best) if best else None,
+                                # the best validation loss at the last evaluation: early stopping never chose earlier
+                                "sft_early_stopping_triggered": bool(evals) and best_step != evals[-1][0],
                                 "sft_steps": trainer.state.global_step}}
 
     # ------------------------------------------------------------------ all
 
     def run(self) -> dict:
-        """Every arm; `prepare` first (it is where data and settings problems surface, before any model loads)."""
+        """Every arm for every seed; `prepare` first (it is where data and settings problems surface, before any
+        model loads). The initial model is scored once: it does not depend on the training seed."""
+        from ..evaluation.provenance import provenance
+
         if not hasattr(self, "evaluator"):
             self.prepare()
         arms = self.compare_args.arms
-        results, wall = {}, time.perf_counter()
+        wall = time.perf_counter()
         initial = self.run_initial()  # every arm's step 0; reported as `none` when asked for
-        if "none" in arms:
-            results["none"] = initial
-        for arm in arms:
-            if arm == "none":
-                continue
-            logger.info("compare: arm %s", arm)
-            results[arm] = self.run_cat_sft(initial) if arm == "cat_sft" else self.run_rl(arm, initial)
+        runs = {}
+        for seed in self.seeds():
+            self.seed = seed
+            results: dict[str, Any] = {}
+            if "none" in arms:
+                results["none"] = initial
+            trained = None
+            for arm in sorted((a for a in arms if a != "none"), key=lambda a: a == "cat_sft"):  # SFT after RL
+                logger.info("compare: seed %s arm %s", seed, arm)
+                results[arm] = (self.run_cat_sft(initial, trained) if arm == "cat_sft"
+                                else self.run_rl(arm, initial))
+                trained = trained or results[arm].get("trained_questions")
+            runs["default" if seed is None else str(seed)] = {"seed": seed, "arms": results}
+        self.seed = None
         _, args, model_args = self.arm_args("none")
         return {
-            "arms": results,
+            "runs": runs,
             "eval_steps": [0, *self.steps],
-            "heldout_size": len(self.heldout_rows),
+            "heldout_size": sum(r["split"] == "in" for r in self.heldout_rows),
+            "ood_size": sum(r["split"] == "ood" for r in self.heldout_rows),
             "train_problems": len(self.train_rows),
             "settings": {"compare": asdict(self.compare_args), "model": model_args.model_name_or_path,
                          "num_generations": args.num_generations, "max_steps": args.max_steps,
                          "learning_rate": args.learning_rate, "max_completion_length": args.max_completion_length,
                          "seed": args.seed, "cat_match": args.cat_match},
+            "config": self.config,
+            "config_sha256": self.config_sha256,
+            "provenance": provenance(),
             "wall_seconds": time.perf_counter() - wall,
         }

@@ -126,7 +126,8 @@ def load_train_dataset(script_args: CaTScriptArguments) -> Dataset:
     common = {"instruction": args.prompt_instruction, "system_prompt": args.system_prompt}
     if fmt == "synthetic_math":
         dataset = load_synthetic_math(
-            args.synthetic_num_problems, args.synthetic_seed, args.synthetic_max_steps, **common
+            args.synthetic_num_problems, args.synthetic_seed, args.synthetic_max_steps, **common,
+            min_steps=args.synthetic_min_steps,
         )
     elif fmt == "math500":
         source = MATH500_HUB_ID if args.dataset_name == "math500" else args.dataset_name

@@ -60,10 +60,10 @@ def _apply(value: int, op: str, k: int) -> int:
     return value + k if op == "add" else value - k if op == "sub" else value * k
 
 
-def _sample_spec(rng: random.Random, max_steps: int) -> _Spec:
+def _sample_spec(rng: random.Random, max_steps: int, min_steps: int = 1) -> _Spec:
     name, pronoun, obj_pronoun = rng.choice(_PEOPLE)
     friend = rng.choice([p[0] for p in _PEOPLE if p[0] != name])
-    n_steps = rng.randint(1, max_steps)
+    n_steps = rng.randint(min_steps, max_steps)  # min_steps 1 draws exactly as before it existed
     # A leading multiplication is rendered as "N boxes with K objects in each", so it gets its own ranges.
     if rng.random() < 0.25:
         start, steps = rng.randint(2, 9), [("mul", rng.randint(2, 9))]
@@ -106,32 +106,36 @@ def _render(spec: _Spec, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def _check_args(num_problems: int, max_steps: int) -> None:
+def _check_args(num_problems: int, max_steps: int, min_steps: int = 1) -> None:
     if num_problems <= 0:
         raise ValueError(f"synthetic_num_problems must be positive, got {num_problems}.")
     if not 1 <= max_steps <= 3:
         raise ValueError(f"synthetic_max_steps must be in 1..3, got {max_steps}.")
+    if not 1 <= min_steps <= max_steps:
+        raise ValueError(f"synthetic_min_steps must be in 1..synthetic_max_steps ({max_steps}), got {min_steps}.")
 
 
-def _generate_specs(num_problems: int, seed: int = 0, max_steps: int = 2) -> list[tuple[_Spec, str]]:
+def _generate_specs(num_problems: int, seed: int = 0, max_steps: int = 2,
+                    min_steps: int = 1) -> list[tuple[_Spec, str]]:
     """`(spec, question)` pairs; tests recompute answers from the specs."""
-    _check_args(num_problems, max_steps)
+    _check_args(num_problems, max_steps, min_steps)
     rng = random.Random(f"cat-trl-synthetic-{seed}")  # string seeds are stable across Python versions
     out = []
     for _ in range(num_problems):
-        spec = _sample_spec(rng, max_steps)
+        spec = _sample_spec(rng, max_steps, min_steps)
         out.append((spec, _render(spec, rng)))
     return out
 
 
-def generate_problems(num_problems: int, seed: int = 0, max_steps: int = 2) -> list[dict]:
+def generate_problems(num_problems: int, seed: int = 0, max_steps: int = 2, min_steps: int = 1) -> list[dict]:
     """`num_problems` dicts `{question, answer, problem_id}`; the same seed always gives the same problems.
 
-    `answer` is the string of a non-negative integer below 1000; each problem has 1..`max_steps` (<= 3) steps.
+    `answer` is the string of a non-negative integer below 1000; each problem has `min_steps`..`max_steps` (<= 3)
+    steps (more steps than training ever had: an out-of-distribution held-out set).
     """
     return [
         {"question": question, "answer": str(spec.answer()), "problem_id": f"synthetic-{seed}-{i:05d}"}
-        for i, (spec, question) in enumerate(_generate_specs(num_problems, seed, max_steps))
+        for i, (spec, question) in enumerate(_generate_specs(num_problems, seed, max_steps, min_steps))
     ]
 
 
@@ -141,9 +145,10 @@ def load_synthetic_math(
     max_steps: int = 2,
     instruction: str = DEFAULT_INSTRUCTION,
     system_prompt: str | None = None,
+    min_steps: int = 1,
 ) -> Dataset:
     """The built-in problems as a `Dataset` with columns `prompt`, `question`, `problem_id`, `gold_answer`."""
-    problems = generate_problems(num_problems, seed, max_steps)
+    problems = generate_problems(num_problems, seed, max_steps, min_steps)
     return Dataset.from_dict(
         {
             "prompt": [build_messages(p["question"], instruction, system_prompt) for p in problems],
