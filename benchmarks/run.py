@@ -429,6 +429,9 @@ def main(argv=None) -> int:
             rows += [(m, _f(v["plain_weight_mb"], 1), _f(v["cat_weight_mb"], 1), _f(v["extra_mb"], 1))
                      for m, v in result["memory"].items() if isinstance(v, dict)]
             print(_table("weight memory by anchor mode (target: 0 extra for peft_base and ref_model)", rows))
+    from cat_trl.evaluation.provenance import provenance
+
+    result["config"], result["provenance"] = vars(args), provenance()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.output}")

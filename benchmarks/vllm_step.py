@@ -199,6 +199,9 @@ def main(argv=None) -> int:
     print(f"  rollouts: vLLM {r['vllm_tok_per_s']:.0f} tok/s vs transformers {r['transformers_tok_per_s']:.0f} tok/s "
           f"({r['vllm_speedup']:.2f}x)")
     print(f"  wall {result['wall_s']:.0f} s")
+    from cat_trl.evaluation.provenance import provenance
+
+    result["config"], result["provenance"] = vars(cli), provenance()
     if cli.output:
         Path(cli.output).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -91,7 +91,9 @@ def test_local_sweep_runs_the_grid_and_reports(tmp_path, tiny_model_path, monkey
                "--model_name_or_path", tiny_model_path, "--max_steps", "2", "--report_to", "wandb"])
     assert rc == 0
     root = tmp_path / "sweeps" / "tiny-G"
-    results = json.loads((root / "sweep_results.json").read_text())
+    saved = json.loads((root / "sweep_results.json").read_text())
+    results = saved["points"]
+    assert saved["provenance"]["packages"]["trl"] and saved["sweep"]["name"] == "tiny-G"
     assert [r["G"] for r in results] == [2, 4] and all(r["steps"] == 2 for r in results)
     assert all(r["step_time"] and r["step_time"] > 0 for r in results)
     for r in results:  # prompts per step fixed: 2 groups per step whatever G is

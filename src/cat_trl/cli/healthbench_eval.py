@@ -12,6 +12,7 @@ checkpoint (`--policy`), a served model (`--policy-base-url` + `--policy`) or a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -213,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["policy_checkpoint"], result["early_stopping"] = checkpoint, best
     for example, response in zip(result["examples"], responses):
         example["response"] = response
+    from ..evaluation.provenance import provenance
+
+    result["config"], result["provenance"] = dataclasses.asdict(args), provenance()
     with open(args.output, "w") as f:
         json.dump(result, f, indent=2, default=str)
     print(format_score(result))

@@ -183,7 +183,7 @@ def _final(history: list[dict], key: str) -> float | None:
     return values[-1] if values else None
 
 
-def report(results: list[dict[str, Any]], output_root: str) -> str:
+def report(results: list[dict[str, Any]], output_root: str, sweep: dict | None = None, extra=()) -> str:
     """Comparison table (Markdown + JSON) and a PNG of final reward, label accuracy and step time vs G."""
     lines = ["| G | final reward | final label accuracy | mean step time (s) | steps | run |", "|---|---|---|---|---|---|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -192,7 +192,12 @@ def report(results: list[dict[str, Any]], output_root: str) -> str:
                      f"{r['steps']} | {r['output_dir']} |")
     table = "\n".join(lines)
     Path(output_root, "sweep_report.md").write_text(table + "\n")
-    Path(output_root, "sweep_results.json").write_text(json.dumps(results, indent=2))
+    from ..evaluation.provenance import provenance
+
+    # every point's own full configuration is its run's W&B config / args; here: the sweep and the shared overrides
+    Path(output_root, "sweep_results.json").write_text(json.dumps(
+        {"points": results, "sweep": {k: v for k, v in (sweep or {}).items() if not k.startswith("_")},
+         "extra_args": list(extra), "provenance": provenance()}, indent=2, default=str))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,7 +239,7 @@ def run_local(sweep: dict[str, Any], output_root: str, extra: Sequence[str] = ()
             "output_dir": out,
         })
     results.sort(key=lambda r: r["G"])
-    table = report(results, output_root)
+    table = report(results, output_root, sweep, extra)
     print(table)
     print(f"wrote {output_root}/sweep_report.md, sweep_results.json, sweep_vs_G.png (W&B group {group!r})")
     return table

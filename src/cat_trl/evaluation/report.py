@@ -128,6 +128,9 @@ def write_reports(result: dict[str, Any], output_dir: str | Path) -> dict[str, P
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "eval_results.json", "markdown": out / "eval_report.md", "png": out / "eval_accuracy.png"}
+    from .provenance import provenance
+
+    result.setdefault("provenance", provenance())  # beside result["config"]: the full settings
     paths["json"].write_text(dumps(result))
     paths["markdown"].write_text(markdown(result))
     plot(result, paths["png"])
