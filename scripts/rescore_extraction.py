@@ -68,6 +68,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="an eval_results.json written by `cat-trl eval`")
     parser.add_argument("--before", required=True, help="git revision (or extract.py file) whose extractor is 'before'")
+    parser.add_argument("--after-mode", help="extraction mode for 'after' (default: the run's own), e.g. "
+                        "boxed_or_final_numeric to measure the numeric-answer rule on the same texts")
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
     args = parser.parse_args(argv)
 
@@ -78,13 +80,15 @@ def main(argv=None) -> None:
         raise SystemExit("rescoring needs a verifiable run scored by `string` answer match")
     matcher = AnswerMatcher("string")
     before = rescore(results, extractor_at(args.before, mode), matcher)
-    after = rescore(results, get_extractor(mode), matcher)
+    after_mode = args.after_mode or mode
+    after = rescore(results, get_extractor(after_mode), matcher)
     root = Path(__file__).resolve().parents[1]
     git = ["git", "-C", str(root)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", EXTRACT_PATH]).returncode != 0
     lines = [
-        f"Extraction `{mode}` at {args.before} (before) vs at {head or 'this checkout'}{' + uncommitted changes' if dirty else ''} (after), on the same stored texts of "
+        f"Extraction `{mode}` at {args.before} (before) vs `{after_mode}` at {head or 'this checkout'}"
+        f"{' + uncommitted changes' if dirty else ''} (after), on the same stored texts of "
         f"{args.results} ({len(results['questions'])} questions).",
         "",
         "| method | G | no answer before | no answer after | accuracy before | accuracy after |",

@@ -677,3 +677,55 @@ def test_rescore_script_measures_an_extraction_change_on_stored_texts(tmp_path, 
     table = (tmp_path / "table.md").read_text()
     assert "| majority | 4 | 0.000 | 0.000 | 1.000 | 1.000 |" in table
     assert "| synthesis | 4 | 1.000 | 1.000 | 0.000 | 0.000 |" in table
+
+
+# ------------------------------------------------------------------ numeric tasks: junk is no answer
+
+NUMERIC_CASES = [
+    # (model-like output, plain boxed_or_final, boxed_or_final_numeric)
+    ("After comparing the answers, the correct answer is correct.", "correct", None),
+    ("Response 2 is wrong. The final answer is incorrect.", "incorrect", None),
+    ("So we get \\boxed{incorrect}", "incorrect", None),
+    ("Adding them up, the answer is 14 -", "14 -", None),
+    ("Answer: (3 + 4", "(3 + 4", None),
+    ("Tom has \\boxed{14 - }", "14 -", None),
+    ("The final answer is 14 - 5 = 9 cookies.", "9", "9"),
+    ("Lucas has 15 + 10 = 25 pencils. \\boxed{25}", "25", "25"),
+    ("The answer is \\boxed{\\frac{3}{4}}", "\\frac{3}{4}", "\\frac{3}{4}"),
+    ("x lies in \\boxed{[0, 1)}", "[0, 1)", "[0, 1)"),
+    ("The answer is 12 apples.", "12", "12"),
+    ("\\boxed{\\text{12 apples}}", "\\text{12 apples}", "\\text{12 apples}"),
+    ("I am ready to help with the next problem.", None, None),
+]
+
+
+@pytest.mark.parametrize("text,plain,numeric", NUMERIC_CASES, ids=[c[0][:40] for c in NUMERIC_CASES])
+def test_numeric_extraction_turns_prose_and_dangling_answers_into_no_answer(text, plain, numeric):
+    from cat_trl.answers import get_extractor
+
+    assert get_extractor("boxed_or_final")(text) == plain
+    assert get_extractor("boxed_or_final_numeric")(text) == numeric
+
+
+def test_boxed_numeric_keeps_numbers_only():
+    from cat_trl.answers import get_extractor
+
+    extract = get_extractor("boxed_numeric")
+    assert extract("\\boxed{7}") == "7" and extract("\\boxed{incorrect}") is None and extract("\\boxed{7 +}") is None
+    assert extract("The answer is 7.") is None  # boxed only: no phrase fallback
+
+
+def test_junk_references_neither_agree_nor_win_a_vote_in_numeric_mode():
+    from cat_trl.answers import AnswerMatcher, get_extractor, majority_answer
+    from cat_trl.rewards.verifiable import CaTMathReward
+
+    reward = CaTMathReward("string", extraction="boxed_or_final_numeric")
+    # the reference says "correct"; two rollouts copied that word: no reward for junk agreeing with junk
+    rewards = reward(["The answer is correct.", "\\boxed{7}", "The answer is correct."],
+                     cat_reference=["The final answer is correct."] * 3)
+    assert rewards == [None, None, None]
+    plain = CaTMathReward("string", extraction="boxed_or_final")
+    assert plain(["The answer is correct.", "\\boxed{7}"], cat_reference=["The answer is correct."] * 2) == [1.0, 0.0]
+    extract = get_extractor("boxed_or_final_numeric")
+    answers = [extract(t) for t in ["\\boxed{incorrect}", "\\boxed{incorrect}", "\\boxed{7}"]]
+    assert majority_answer(answers, AnswerMatcher("string"))[0] == "7"

@@ -207,7 +207,8 @@ class CaTGRPOConfig(GRPOConfig):
         metadata={
             "choices": list(EXTRACTIONS),
             "help": "Final-answer extraction for rollouts and references: `boxed` (last \\boxed{}, the "
-        "paper's) or `boxed_or_final` (fall back to the text after 'final answer is')."},
+        "paper's) or `boxed_or_final` (fall back to the text after 'final answer is'); `*_numeric` variants for "
+        "numeric tasks: an answer with no digit or a dangling expression ('14 -') is no answer."},
     )
     cat_match_timeout: float = field(default=5.0, metadata={"help": "math-verify timeout (s) per comparison."})
     cat_gold_column: str = field(

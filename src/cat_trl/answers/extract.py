@@ -66,7 +66,7 @@ def extract_boxed(text) -> str | None:
     return last_box(text)[1]
 
 
-EXTRACTIONS = ("boxed", "boxed_or_final")
+EXTRACTIONS = ("boxed", "boxed_or_final", "boxed_numeric", "boxed_or_final_numeric")
 
 #: what instructions put where the answer goes ("ends with \\boxed{answer}"), compared case-insensitively after
 #: dropping `\\text{}`-like wrappers, spaces and dots; copying one is not answering
@@ -169,9 +169,48 @@ def extract_boxed_or_final(text) -> str | None:
     return boxed if status != "none" else extract_final_phrase(text)
 
 
+# A numeric answer ends in a digit, a closing bracket, a letter (units, `\\pi`), `%` or a LaTeX group -- never in a
+# binary operator or `=`: `14 -`, `3 *`, `x =` are an expression cut off before its end.
+_DANGLING_RE = re.compile(r"(?:[+\-*/×÷·^=,]|\\(?:cdot|times|div|pm))\s*$")
+
+
+def is_usable_numeric(answer: str | None) -> bool:
+    """Whether an extracted answer can be the answer of a *numeric* task: it has a digit (a prose word --
+    "correct", "incorrect", "none" -- is not a number), its brackets balance, and it does not end in an operator (a
+    dangling expression like `14 -`). The `*_numeric` extraction modes apply this; a task whose answers may be words
+    (MATH-500: `\\text{Evelyn}`, `(C)`) uses the plain modes."""
+    if answer is None:
+        return False
+    core = _WRAPPER_RE.sub(r"\1", answer).strip()
+    if not any(ch.isdigit() for ch in core) or _DANGLING_RE.search(core):
+        return False
+    depth = 0  # one count over all bracket kinds: half-open intervals `[0, 1)` mix them
+    for ch in core:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _numeric(extract: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    def numeric(text):
+        answer = extract(text)
+        return answer if is_usable_numeric(answer) else None
+
+    numeric.__name__ = f"{extract.__name__}_numeric"
+    return numeric
+
+
+extract_boxed_numeric = _numeric(extract_boxed)
+extract_boxed_or_final_numeric = _numeric(extract_boxed_or_final)
+
+
 def get_extractor(name: str) -> Callable[[str], str | None]:
-    if name == "boxed":
-        return extract_boxed
-    if name == "boxed_or_final":
-        return extract_boxed_or_final
-    raise ValueError(f"answer extraction {name!r} is not one of {', '.join(map(repr, EXTRACTIONS))}")
+    """`boxed` (the paper's), `boxed_or_final`, and their `_numeric` variants for numeric tasks, where an answer with
+    no digit or a dangling expression is no answer (`is_usable_numeric`) instead of a parsed wrong one."""
+    extractors = {"boxed": extract_boxed, "boxed_or_final": extract_boxed_or_final,
+                  "boxed_numeric": extract_boxed_numeric, "boxed_or_final_numeric": extract_boxed_or_final_numeric}
+    if name not in extractors:
+        raise ValueError(f"answer extraction {name!r} is not one of {', '.join(map(repr, EXTRACTIONS))}")
+    return extractors[name]
