@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run through runpy too: moving_policy beside it
 
-
-def length_reward(completions, **kwargs):
-    """A dense reward beside CaT's (whose references a random-weight model never parses), so advantages are non-zero
-    and the policy moves away from pi_0 in a step or two."""
-    return [len(c[0]["content"] if isinstance(c, list) else c) / 100.0 for c in completions]
+from moving_policy import build_trainer  # noqa: E402
 
 
 def sharding(module) -> dict:
@@ -56,9 +54,6 @@ def main() -> None:
     from transformers import TrainerCallback
 
     from cat_trl.config import CaTGRPOConfig
-    from cat_trl.data import load_synthetic_math
-    from cat_trl.rewards import CaTMathReward
-    from cat_trl.trainer import CaTGRPOTrainer
 
     peft = cli.source == "peft_base"
     steps = cli.steps + (1 if cli.resume else 0)
@@ -70,14 +65,7 @@ def main() -> None:
         cat_anchor_weights=cli.source, cat_anchor_temperature=0.0, cat_anchor_max_new_tokens=16,
         cat_anchor_batch_size=1, cat_answer_extraction="boxed_or_final", gradient_checkpointing=False,
     )
-    peft_config = None
-    if peft:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
-    data = load_synthetic_math(32, seed=0, instruction="Put your final answer within \\boxed{}.")
-    trainer = CaTGRPOTrainer(cli.model, reward_funcs=[CaTMathReward("string"), length_reward], args=args,
-                             train_dataset=data, peft_config=peft_config)
+    trainer = build_trainer(cli.model, args, peft=peft)
     rank = trainer.accelerator.process_index
     record: dict = {"rank": rank, "world_size": trainer.accelerator.num_processes,
                     "distributed_type": str(trainer.accelerator.distributed_type),

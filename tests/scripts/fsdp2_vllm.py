@@ -19,29 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import resource
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run through runpy too: moving_policy beside it
 
-GROUPS = [
-    ["Tom has 3 + 4 = 7 apples. The answer is \\boxed{7}.", "3 + 4 = 8, so \\boxed{8}.",
-     "He has 7 apples. \\boxed{7}", "The total is \\boxed{7}."],
-    ["12 / 3 = 4 cookies each. \\boxed{4}", "Each gets \\boxed{3}.", "\\boxed{4}", "4 cookies. \\boxed{4}"],
-    ["5 * 6 = 30 pencils. \\boxed{30}", "\\boxed{11}", "30 in total: \\boxed{30}", "She has \\boxed{30} pencils."],
-    ["20 - 8 = 12 birds remain. \\boxed{12}", "\\boxed{12}", "There are 28 birds. \\boxed{28}", "\\boxed{12}"],
-    ["The train travels 60 * 2 = 120 km. \\boxed{120}", "\\boxed{62}", "120 km. \\boxed{120}", "\\boxed{120}"],
-    ["9 + 9 + 9 = 27 marbles. \\boxed{27}", "\\boxed{18}", "\\boxed{27}", "27 marbles: \\boxed{27}"],
-    ["Half of 50 is 25. \\boxed{25}", "\\boxed{25}", "50 / 2 = 20. \\boxed{20}", "\\boxed{25}"],
-    ["15 + 10 = 25 pencils. \\boxed{25}", "\\boxed{25}", "\\boxed{35}", "Lucas has \\boxed{25} pencils."],
-]
-TEXTS = ["The capital of France is Paris.", "Two plus two equals four.", "Lucas has 15 pencils and buys 10 more."]
+from moving_policy import GROUPS, TEXTS, build_trainer  # noqa: E402
 
-
-def length_reward(completions, **kwargs):
-    """A dense reward beside CaT's, so the policy moves away from pi_0 in a step or two."""
-    return [len(c[0]["content"] if isinstance(c, list) else c) / 100.0 for c in completions]
 
 
 def main() -> None:
@@ -57,13 +44,10 @@ def main() -> None:
     from vllm import SamplingParams
 
     from cat_trl.config import CaTGRPOConfig
-    from cat_trl.data import load_synthetic_math
     from cat_trl.distributed import reshard_fsdp2
     from cat_trl.engines import SamplingSettings
     from cat_trl.engines.vllm_engine import build_vllm_anchor
     from cat_trl.estimators.prompts import MATH_SYNTHESIS_PROMPT, build_synthesis_prompt
-    from cat_trl.rewards import CaTMathReward
-    from cat_trl.trainer import CaTGRPOTrainer
 
     peft = cli.mode == "peft"
     gpu = torch.cuda.is_available()  # scripts/gpu_smoke_fsdp2.py runs this same file on 2 GPUs
@@ -77,14 +61,7 @@ def main() -> None:
         report_to=[], seed=0, cat_anchor_engine="vllm", cat_anchor_weights="peft_base" if peft else "ref_model",
         cat_anchor_temperature=0.0, cat_anchor_max_new_tokens=16, cat_answer_extraction="boxed_or_final",
     )
-    peft_config = None
-    if peft:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
-    data = load_synthetic_math(32, seed=0, instruction="Put your final answer within \\boxed{}.")
-    trainer = CaTGRPOTrainer(cli.model, reward_funcs=[CaTMathReward("string"), length_reward], args=args,
-                             train_dataset=data, peft_config=peft_config)
+    trainer = build_trainer(cli.model, args, peft=peft)
     rank = trainer.accelerator.process_index
     vg, engine = trainer.vllm_generation, trainer.cat_engine
     llm = vg.llm

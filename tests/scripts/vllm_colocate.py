@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,23 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-GROUPS = [
-    ["Tom has 3 + 4 = 7 apples. The answer is \\boxed{7}.", "3 + 4 = 8, so \\boxed{8}.",
-     "He has 7 apples. \\boxed{7}", "The total is \\boxed{7}."],
-    ["12 / 3 = 4 cookies each. \\boxed{4}", "Each gets \\boxed{3}.", "\\boxed{4}", "4 cookies. \\boxed{4}"],
-    ["5 * 6 = 30 pencils. \\boxed{30}", "\\boxed{11}", "30 in total: \\boxed{30}", "She has \\boxed{30} pencils."],
-    ["20 - 8 = 12 birds remain. \\boxed{12}", "\\boxed{12}", "There are 28 birds. \\boxed{28}", "\\boxed{12}"],
-    ["The train travels 60 * 2 = 120 km. \\boxed{120}", "\\boxed{62}", "120 km. \\boxed{120}", "\\boxed{120}"],
-    ["9 + 9 + 9 = 27 marbles. \\boxed{27}", "\\boxed{18}", "\\boxed{27}", "27 marbles: \\boxed{27}"],
-    ["Half of 50 is 25. \\boxed{25}", "\\boxed{25}", "50 / 2 = 20. \\boxed{20}", "\\boxed{25}"],
-    ["15 + 10 = 25 pencils. \\boxed{25}", "\\boxed{25}", "\\boxed{35}", "Lucas has \\boxed{25} pencils."],
-]
-TEXTS = ["The capital of France is Paris.", "Two plus two equals four.", "Lucas has 15 pencils and buys 10 more."]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def length_reward(completions, **kwargs):
-    """A dense reward beside CaT's, so the policy moves in a few steps whatever the 135M anchor writes."""
-    return [len(c[0]["content"] if isinstance(c, list) else c) / 100.0 for c in completions]
+from moving_policy import GROUPS, TEXTS, length_reward  # noqa: E402
 
 
 def main() -> None:
