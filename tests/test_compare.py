@@ -188,16 +188,21 @@ def test_seeds_ood_and_cat_sft_on_the_rl_arms_questions(tmp_path, tiny_model_pat
     assert "CaT-RL (synthesis) − initial model" in report
 
 
-def test_a_rerun_with_other_settings_into_the_same_directory_is_refused(tmp_path, tiny_model_path, capsys):
+def test_pieces_merge_and_other_settings_are_refused_in_the_same_directory(tmp_path, tiny_model_path, capsys):
+    """A long comparison runs in pieces (some arms or seeds per session) into one directory and is merged; a piece
+    with any other setting is refused and nothing is overwritten."""
     out = tmp_path / "cmp"
-    args = [RECIPE, "--model_name_or_path", tiny_model_path, "--output_dir", str(out), "--arms", "none",
-            "--heldout_k", "0"]
-    assert main(args) == 0
+    args = [RECIPE, "--model_name_or_path", tiny_model_path, "--output_dir", str(out), "--heldout_k", "0"]
+    assert main([*args, "--arms", "none"]) == 0
     before = (out / "compare_results.json").read_text()
-    assert main([*args, "--heldout_max_new_tokens", "8"]) == 2
+    assert main([*args, "--arms", "none", "--heldout_max_new_tokens", "8"]) == 2
     assert "different configuration" in capsys.readouterr().err
     assert (out / "compare_results.json").read_text() == before  # nothing overwritten
-    assert main(args) == 0  # the same configuration may be rerun
+    assert main([*args, "--arms", "cat"]) == 0  # another piece: other arms, same experiment
+    merged = json.loads((out / "compare_results.json").read_text())
+    assert set(merged["runs"]["default"]["arms"]) == {"none", "cat"} and len(merged["pieces"]) == 2
+    assert set(merged["config"]["arms"]) == {"none", "cat"}
+    assert "CaT-RL (synthesis) − initial model" in (out / "compare_report.md").read_text()
 
 
 def test_heldout_evaluator_scores_known_outcomes_exactly():

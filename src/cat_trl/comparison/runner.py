@@ -106,6 +106,32 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def experiment_digest(config: dict) -> str:
+    """What pieces of one comparison share: the comparison settings but `seeds` and `arms`, and the recipe every arm is
+    built from (its training settings but the per-arm and per-seed ones, its data and model settings)."""
+    compare = {k: v for k, v in config["compare"].items() if k not in ("seeds", "arms")}
+    arm = next(iter(config["arms"].values()))
+    recipe = {"training": {k: v for k, v in arm["training"].items() if k not in ("seed", "cat_estimator")},
+              "data": arm["data"], "model": arm["model"]}
+    return config_digest({"compare": compare, "recipe": recipe})
+
+
+def merge_pieces(previous: dict, new: dict) -> dict:
+    """`new` results added to a `previous` piece of the same experiment: runs merged by seed, arms by name (the
+    newer run of an arm wins), configurations unioned, and every piece's provenance kept in `pieces`."""
+    runs = {k: {**v, "arms": dict(v["arms"])} for k, v in previous.get("runs", {}).items()}
+    for key, run in new["runs"].items():
+        if key in runs:
+            runs[key]["arms"].update(run["arms"])
+        else:
+            runs[key] = run
+    config = {"compare": new["config"]["compare"],
+              "arms": {**previous.get("config", {}).get("arms", {}), **new["config"]["arms"]}}
+    pieces = previous.get("pieces") or [{k: previous.get(k) for k in ("provenance", "wall_seconds", "settings")}]
+    return {**new, "runs": dict(sorted(runs.items())), "config": config, "config_sha256": config_digest(config),
+            "pieces": [*pieces, {k: new.get(k) for k in ("provenance", "wall_seconds", "settings")}]}
+
+
 def _question_key(row: dict[str, Any]) -> str:
     from ..messages import question_text
 
@@ -247,22 +273,27 @@ class Comparison:
         return [{**r, "split": "ood"} for r in ood if _question_key(r) not in trained]
 
     def check_output_dir(self) -> None:
-        """A rerun into a directory that holds results of another configuration is refused (it would mix or overwrite
-        them); the same configuration may be rerun."""
+        """Results already in `output_dir` must come from the same experiment: the same recipe and comparison settings,
+        whatever `seeds` and `arms` each piece ran. A long comparison can so be run in pieces (a seed or a few arms per
+        session) that `run` merges into one `compare_results.json`; a different configuration is refused, never mixed
+        in or overwritten."""
         path = os.path.join(self.output_dir, "compare_results.json")
         self.config = self.configuration()
         self.config_sha256 = config_digest(self.config)
+        self.experiment_sha256 = experiment_digest(self.config)
+        self.previous = None
         if not os.path.isfile(path):
             return
         try:
             with open(path) as f:
-                previous = json.load(f).get("config_sha256")
+                previous = json.load(f)
         except (OSError, ValueError):
-            previous = None
-        if previous != self.config_sha256:
+            previous = {}
+        if previous.get("experiment_sha256") != self.experiment_sha256:
             raise ValueError(f"output_dir {self.output_dir} already holds compare results of a different "
                              "configuration; choose a new output_dir (results are never overwritten by other "
-                             "settings)")
+                             "settings; pieces of one comparison may differ only in seeds and arms)")
+        self.previous = previous
 
     def train_dataset(self):
         from datasets import Dataset
@@ -437,16 +468,19 @@ class Comparison:
             results: dict[str, Any] = {}
             if "none" in arms:
                 results["none"] = initial
-            trained = None
+            # CaT-SFT's questions: an RL arm's of this seed, from this piece or an earlier one in output_dir
+            earlier = ((self.previous or {}).get("runs", {}).get("default" if seed is None else str(seed)) or {})
+            trained = next((r.get("trained_questions") for r in earlier.get("arms", {}).values()
+                            if r.get("trained_questions")), None)
             for arm in sorted((a for a in arms if a != "none"), key=lambda a: a == "cat_sft"):  # SFT after RL
                 logger.info("compare: seed %s arm %s", seed, arm)
                 results[arm] = (self.run_cat_sft(initial, trained) if arm == "cat_sft"
                                 else self.run_rl(arm, initial))
-                trained = trained or results[arm].get("trained_questions")
+                trained = results[arm].get("trained_questions") or trained
             runs["default" if seed is None else str(seed)] = {"seed": seed, "arms": results}
         self.seed = None
         _, args, model_args = self.arm_args("none")
-        return {
+        result = {
             "runs": runs,
             "eval_steps": [0, *self.steps],
             "heldout_size": sum(r["split"] == "in" for r in self.heldout_rows),
@@ -458,6 +492,8 @@ class Comparison:
                          "seed": args.seed, "cat_match": args.cat_match},
             "config": self.config,
             "config_sha256": self.config_sha256,
+            "experiment_sha256": self.experiment_sha256,
             "provenance": provenance(),
             "wall_seconds": time.perf_counter() - wall,
         }
+        return result if self.previous is None else merge_pieces(self.previous, result)
