@@ -240,6 +240,8 @@ def test_fsdp2_sync_puts_the_trained_policy_into_vllm(run, request):
         moved = _mean_abs(r["policy_hf"], r["pi0_hf"])
         assert moved > 0.05, f"the policy barely moved ({moved:.4f}); the check below would prove nothing"
         assert _mean_abs(r["policy_vllm"], r["policy_hf"]) < 1e-3  # float32 both
+        # a forward pass with no backward (an evaluation) left FSDP2 units unsharded; the syncs after it still ran
+        assert r["unsharded_after_forward"] > 0 and len(r["anchor"]) >= 1
 
 
 @pytest.mark.parametrize("run,source", [("fsdp2_full", "ref_model"), ("fsdp2_full", "copy"),

@@ -106,6 +106,12 @@ class _CaTWeightSync:
         if self.mode != "colocate":
             return super().sync_weights()
         self.policy_syncs += 1
+        # The anchor marks the policy stale after every call, so TRL also syncs in the middle of a step -- e.g. after
+        # an evaluation forward pass, which leaves FSDP2 units unsharded (TRL's `full_tensor()` would then fail).
+        from .distributed import reshard_fsdp2
+
+        if getattr(self, "model", None) is not None:
+            reshard_fsdp2(self.model)
         if not vllm_runs_on_cpu():
             return super().sync_weights()
         if self.enable_sleep_mode:  # vLLM refuses sleep mode on CPU; never reached there
@@ -257,7 +263,11 @@ def restore_fsdp2_reference_model(trainer) -> int:
     if ref is None or not trainer.is_fsdp_enabled or not ram_efficient_loading():
         return 0
     import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(ref, FSDPModule):  # FSDP1: TRL's prepare_fsdp broadcasts rank 0's weights (sync_module_states)
+        return 0
 
     policy = trainer.accelerator.unwrap_model(trainer.model)
     params, buffers = dict(policy.named_parameters()), dict(policy.named_buffers())

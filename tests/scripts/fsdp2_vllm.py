@@ -111,8 +111,12 @@ def main() -> None:
     policy = trainer.model_wrapped
     policy.eval()
     out["policy_hf"] = hf_logprobs(policy)  # FSDP2 forward: a collective on every rank
-    # FSDP2 leaves some units unsharded after a forward with no backward: shard them again (else TRL's sync fails).
-    out["resharded_units"] = reshard_fsdp2(policy)
+    # FSDP2 leaves some units unsharded after this forward with no backward (as after an evaluation step). Not
+    # resharded here on purpose: the syncs below must do it themselves (else TRL's `full_tensor()` fails).
+    from torch.distributed.fsdp import FSDPModule
+
+    out["unsharded_after_forward"] = sum(not isinstance(p, DTensor) for p in policy.parameters())
+    assert isinstance(policy, FSDPModule)
     if trainer.ref_model is not None:  # TRL's sharded reference model must be pi_0 on every rank (KL, anchor)
         out["ref_hf"] = hf_logprobs(trainer.ref_model)
         reshard_fsdp2(trainer.ref_model)

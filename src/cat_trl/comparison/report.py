@@ -29,23 +29,25 @@ def _scores(result: dict[str, Any], split: str) -> list[float]:
 
 def paired_table(results: dict[str, Any], split: str = "in") -> list[dict[str, Any]]:
     """Every arm against the initial model and against every other arm at the final point, paired over the same
-    problems (per-problem correctness averaged over seeds), with a 95 % paired-bootstrap interval."""
+    problems and over the seeds both arms ran (per-problem correctness averaged over those seeds), with a 95 %
+    paired-bootstrap interval; McNemar's exact test only when one seed is compared."""
     from .stats import paired_difference
 
     runs = list(results["runs"].values())
-    arm_names = list(runs[0]["arms"])
-    per_arm = {}
-    for arm in arm_names:
-        per_seed = [_scores(run["arms"][arm], split) for run in runs if arm in run["arms"]]
-        if not per_seed or not per_seed[0]:
-            continue
-        per_arm[arm] = [sum(col) / len(col) for col in zip(*per_seed)]
+    names = list(dict.fromkeys(arm for run in runs for arm in run["arms"]))  # every arm of every piece
+    scores = {(arm, i): _scores(run["arms"][arm], split) for i, run in enumerate(runs) for arm in run["arms"]}
     rows = []
-    names = list(per_arm)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             first, second = (b, a) if a == "none" else (a, b)  # "X - initial", never "initial - X"
-            rows.append({"a": first, "b": second, **paired_difference(per_arm[first], per_arm[second])})
+            shared = [k for k in range(len(runs)) if scores.get((first, k)) and scores.get((second, k))]
+            if not shared:
+                continue
+            mean = lambda arm: [sum(col) / len(col) for col in zip(*(scores[(arm, k)] for k in shared))]  # noqa: E731
+            result = paired_difference(mean(first), mean(second))
+            if len(shared) > 1:
+                result["mcnemar_p"] = None
+            rows.append({"a": first, "b": second, "seeds": len(shared), **result})
     return rows
 
 

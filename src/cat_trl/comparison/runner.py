@@ -159,10 +159,13 @@ def trained_questions(trainer, args) -> list[str]:
 
     batches = max(1, args.max_steps * args.gradient_accumulation_steps)
     keys: list[str] = []
-    for i, batch in enumerate(trainer.get_train_dataloader()):
-        if i >= batches:
-            break
-        keys.extend(gather_all([_question_key(row) for row in batch]))
+    loader, seen = trainer.get_train_dataloader(), 0
+    while seen < batches:  # past one epoch the same sampler goes on (reshuffled), as in training
+        for batch in loader:
+            if seen >= batches:
+                break
+            keys.extend(gather_all([_question_key(row) for row in batch]))
+            seen += 1
     return list(dict.fromkeys(keys))
 
 
@@ -221,15 +224,19 @@ class Comparison:
                                                            self.compare_args.heldout_seed)
         for row in self.heldout_rows:
             row["split"] = "in"
-        self.sft_validation_rows: list[dict] = []
-        if "cat_sft" in self.compare_args.arms:  # set aside from every arm's training pool alike
-            size = self.compare_args.sft_validation_size
-            if len(self.train_rows) <= size + 1:
-                raise ValueError(f"sft_validation_size={size} leaves no training problems ({len(self.train_rows)})")
-            order = list(range(len(self.train_rows)))
-            random.Random(self.compare_args.heldout_seed + 1).shuffle(order)
-            self.sft_validation_rows = [self.train_rows[i] for i in sorted(order[:size])]
-            self.train_rows = [self.train_rows[i] for i in sorted(order[size:])]
+        # Set aside from every arm's training pool alike, whether this piece runs cat_sft or not: every piece of one
+        # experiment trains on the same pool.
+        size = self.compare_args.sft_validation_size
+        if len(self.train_rows) <= size + 1:
+            raise ValueError(f"sft_validation_size={size} leaves no training problems ({len(self.train_rows)})")
+        order = list(range(len(self.train_rows)))
+        random.Random(self.compare_args.heldout_seed + 1).shuffle(order)
+        self.sft_validation_rows = [self.train_rows[i] for i in sorted(order[:size])]
+        self.train_rows = [self.train_rows[i] for i in sorted(order[size:])]
+        if ("cat_sft" in self.compare_args.arms and not set(self.compare_args.arms) & {*RL_ARMS, "gold"}
+                and not self._earlier_trained_questions()):
+            raise ValueError("cat_sft trains on the questions the RL arms train on: list an RL arm (e.g. cat) with "
+                             "it, or run it as a piece into an output_dir where an RL arm of the same seeds ran")
         if self.compare_args.ood_size:
             self.heldout_rows += self._ood_rows(script_args, rows)
         prompts_per_batch = args.generation_batch_size // args.num_generations
@@ -295,6 +302,22 @@ class Comparison:
                              "settings; pieces of one comparison may differ only in seeds and arms)")
         self.previous = previous
 
+    def _earlier_trained_questions(self, seed: int | None = None) -> list[str] | None:
+        """An RL arm's `trained_questions` for `seed` from an earlier piece in output_dir (None: none ran)."""
+        runs = (self.previous or {}).get("runs", {})
+        keys = [self._run_key(seed)] if seed is not None or not self.compare_args.seeds else \
+            [self._run_key(s) for s in self.compare_args.seeds]
+        for key in keys:
+            found = next((r.get("trained_questions") for r in (runs.get(key) or {}).get("arms", {}).values()
+                          if r.get("trained_questions")), None)
+            if not found:
+                return None
+        return found
+
+    @staticmethod
+    def _run_key(seed: int | None) -> str:
+        return "default" if seed is None else str(seed)
+
     def train_dataset(self):
         from datasets import Dataset
 
@@ -329,7 +352,7 @@ class Comparison:
 
         from ..rewards.gold import GoldAnswerReward
         from ..trainer import CaTGRPOTrainer
-        from ..trl_compat import extra_vllm_llm_kwargs, install_weight_sync
+        from ..trl_compat import extra_vllm_llm_kwargs, install_weight_sync, restore_fsdp2_reference_model
 
         _, args, model_args = self.arm_args(arm)
         args.model_init_kwargs = self._init_kwargs(args, model_args)
@@ -347,6 +370,7 @@ class Comparison:
                 trainer = GRPOTrainer(model=model_path, reward_funcs=[reward], args=args,
                                       train_dataset=self.train_dataset(), peft_config=peft_config_of(model_args))
             install_weight_sync(getattr(trainer, "vllm_generation", None))
+            restore_fsdp2_reference_model(trainer)  # as CaTGRPOTrainer does: pi_0 on every rank (KL reference)
         else:
             trainer = CaTGRPOTrainer(model=model_path, args=args, train_dataset=self.train_dataset(),
                                      peft_config=peft_config_of(model_args), anchor_model_name_or_path=model_path)
@@ -411,7 +435,7 @@ class Comparison:
         per_device = min(ca.sft_batch_size, 8)
         steps_per_epoch = max(1, math.ceil(len(train) / ca.sft_batch_size))
         sft_eval_every = max(1, steps_per_epoch // 2)
-        out = os.path.join(self.output_dir, "cat_sft")
+        out = args.output_dir  # <root>/cat_sft, or <root>/seed-<s>/cat_sft with several seeds
         config = SFTConfig(
             output_dir=out, learning_rate=ca.sft_learning_rate, lr_scheduler_type="cosine", warmup_steps=0.1,  # a float < 1 is a ratio
             per_device_train_batch_size=per_device,
@@ -446,8 +470,9 @@ class Comparison:
                                 "sft_eval_losses": [loss for _, loss in evals],
                                 "sft_best_eval_loss": min(loss for _, loss in evals) if evals else float("nan"),
                                 "sft_best_checkpoint": os.path.basename(best) if best else None,
-                                # the best validation loss at the last evaluation: early stopping never chose earlier
-                                "sft_early_stopping_triggered": bool(evals) and best_step != evals[-1][0],
+                                # EarlyStoppingCallback ended training before its planned steps
+                                "sft_early_stopping_triggered": trainer.state.global_step < trainer.state.max_steps,
+                                "sft_best_step": best_step, "sft_last_eval_step": evals[-1][0] if evals else None,
                                 "sft_steps": trainer.state.global_step}}
 
     # ------------------------------------------------------------------ all
@@ -469,15 +494,14 @@ class Comparison:
             if "none" in arms:
                 results["none"] = initial
             # CaT-SFT's questions: an RL arm's of this seed, from this piece or an earlier one in output_dir
-            earlier = ((self.previous or {}).get("runs", {}).get("default" if seed is None else str(seed)) or {})
-            trained = next((r.get("trained_questions") for r in earlier.get("arms", {}).values()
-                            if r.get("trained_questions")), None)
+            trained = self._earlier_trained_questions(seed) if seed is not None else \
+                self._earlier_trained_questions()
             for arm in sorted((a for a in arms if a != "none"), key=lambda a: a == "cat_sft"):  # SFT after RL
                 logger.info("compare: seed %s arm %s", seed, arm)
                 results[arm] = (self.run_cat_sft(initial, trained) if arm == "cat_sft"
                                 else self.run_rl(arm, initial))
                 trained = results[arm].get("trained_questions") or trained
-            runs["default" if seed is None else str(seed)] = {"seed": seed, "arms": results}
+            runs[self._run_key(seed)] = {"seed": seed, "arms": results}
         self.seed = None
         _, args, model_args = self.arm_args("none")
         result = {

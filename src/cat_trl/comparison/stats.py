@@ -53,6 +53,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 1
 def describe(result: dict, a: str, b: str) -> str:
     """One sentence: `a` vs `b`, the difference and its interval, or "not distinguishable"."""
     core = f"{a} − {b}: {result['diff']:+.3f} (95 % CI {result['low']:+.3f} to {result['high']:+.3f}, n = {result['n']}"
+    if result.get("seeds"):
+        core += f" problems x {result['seeds']} seed{'s' if result['seeds'] > 1 else ''}"
     if result.get("mcnemar_p") is not None:
         core += f", McNemar p = {result['mcnemar_p']:.3g}"
     core += ")"
