@@ -80,9 +80,10 @@ def _reward_calls(monkeypatch):
     return calls
 
 
-def test_labels_reach_only_the_gold_arm(tmp_path, tiny_model_path, monkeypatch):
-    """Scrambling the gold labels leaves the CaT arm's training identical (same reward inputs, same losses); the
-    gold arm's reward reads them."""
+@pytest.mark.parametrize("arm", ["cat", "majority", "self_bon", "min_ppl", "mutual_predictability"])
+def test_labels_reach_only_the_gold_arm(arm, tmp_path, tiny_model_path, monkeypatch):
+    """Scrambling the gold labels leaves every label-free arm's training identical (same reward inputs, same
+    losses); the gold arm's reward reads them."""
     import cat_trl.comparison.runner as runner
     import cat_trl.data as data
 
@@ -99,11 +100,11 @@ def test_labels_reach_only_the_gold_arm(tmp_path, tiny_model_path, monkeypatch):
         calls = _reward_calls(monkeypatch)
         monkeypatch.setattr(data, "load_train_dataset", loader)
         compare_args, arm_args, root = parse_args(_argv(tiny_model_path, tmp_path / f"run{len(runs)}",
-                                                        "--arms", "cat", "--heldout_k", "0"))
+                                                        "--arms", arm, "--heldout_k", "0"))
         comparison = Comparison(compare_args, arm_args, root)
         comparison.prepare()
-        result = comparison.run_rl("cat", None)
-        history = json.loads((Path(root) / "cat" / "log_history.json").read_text())
+        result = comparison.run_rl(arm, None)
+        history = json.loads((Path(root) / arm / "log_history.json").read_text())
         runs.append({"calls": calls, "loss": [h.get("loss") for h in history],
                      "reward": [h.get("reward") for h in history],
                      "golds": [r["gold_answer"] for r in comparison.train_rows], "result": result})
@@ -112,7 +113,10 @@ def test_labels_reach_only_the_gold_arm(tmp_path, tiny_model_path, monkeypatch):
     assert normal["calls"] and all("gold_answer" not in c["keys"] for c in normal["calls"])
     assert normal["calls"] == scrambled_run["calls"]
     assert normal["loss"] == scrambled_run["loss"] and normal["reward"] == scrambled_run["reward"]
+    assert normal["result"]["trained_questions"] == scrambled_run["result"]["trained_questions"]
 
+    if arm != "cat":
+        return
     from cat_trl.rewards.gold import GoldAnswerReward
 
     gold = GoldAnswerReward()
@@ -144,6 +148,22 @@ def test_cat_sft_data_is_question_blind_one_reference_per_question(tiny_model_pa
     with pytest.raises(ValueError, match="question-blind"):
         build_cat_sft_rows(engine, rows, 3, SamplingSettings(max_new_tokens=4),
                            SynthesisEstimator(engine, SamplingSettings(max_new_tokens=4), include_question=True))
+
+
+def test_cat_sft_data_does_not_depend_on_the_labels(tiny_model_path):
+    """Scrambled gold answers give the same CaT-SFT rows: labels never reach its references."""
+    from cat_trl.comparison.cat_sft import build_cat_sft_rows
+    from cat_trl.data import load_synthetic_math
+    from cat_trl.engines import SamplingSettings, TransformersEngine
+    from cat_trl.estimators import SynthesisEstimator
+
+    engine = TransformersEngine.from_pretrained(tiny_model_path, dtype="float32")
+    rows = [dict(r) for r in load_synthetic_math(4, seed=5, max_steps=1)]
+    scrambled = [{**r, "gold_answer": str(int(r["gold_answer"]) + 17)} for r in rows]
+    built = [build_cat_sft_rows(engine, data, 2, SamplingSettings(max_new_tokens=10, seed=0),
+                                SynthesisEstimator(engine, SamplingSettings(max_new_tokens=10, seed=0)))[0]
+             for data in (rows, scrambled)]
+    assert built[0] and built[0] == built[1]
 
 
 @pytest.mark.parametrize("recipe", sorted(str(p) for p in (REPO / "yaml" / "compare").glob("*.yaml")))
