@@ -50,7 +50,7 @@ bench-vllm: setup-vllm
 bench-memory: setup-vllm
 	$(VENV_VLLM)/bin/python benchmarks/anchor_memory.py --output benchmarks/results-anchor-memory-cpu.json
 
-## Default test suite (CPU, offline, ~3 min on 2 cores).
+## Default test suite (CPU, offline, ~9 min on 2 cores; 2-process DDP and FSDP2 runs included).
 test: setup
 	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider
 
