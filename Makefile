@@ -38,7 +38,7 @@ compare: setup
 eval: setup
 	$(VENV)/bin/cat-trl eval yaml/eval/quickstart-cpu.yaml
 
-## CaT's overhead over plain GRPO and the other performance figures (README "Performance"); --quick for CI.
+## CaT's overhead over plain GRPO and the other performance figures (docs/performance.md); --quick for CI.
 bench: setup
 	$(PY) benchmarks/run.py
 

@@ -46,7 +46,7 @@ def worker(args) -> None:
     from cat_trl.engines import SamplingSettings
     from cat_trl.engines.vllm_engine import build_vllm_anchor
     from cat_trl.estimators.prompts import MATH_SYNTHESIS_PROMPT, build_synthesis_prompt
-    from cat_trl.models import resolve_model_path
+    from cat_trl.embedded_model import resolve_model_path
     from cat_trl.rewards import CaTMathReward
     from cat_trl.trainer import CaTGRPOTrainer
 

@@ -174,10 +174,11 @@ def _rollouts(g: int, n: int, length_words: int) -> list[list[str]]:
 
 def bench_anchor(model: str, g: int, length: int, reps: int, device: str, sizes=(1, 4, 16)) -> dict:
     from cat_trl.engines import SamplingSettings
-    from cat_trl.estimators import Group, SynthesisEstimator
+    from cat_trl.estimators import EstimatorSpec, Group, build_estimator
 
     engine = _engine(model, device)
-    est = SynthesisEstimator(engine, SamplingSettings(max_new_tokens=length, temperature=1.0, seed=0))
+    est = build_estimator(EstimatorSpec("synthesis", SamplingSettings(max_new_tokens=length, temperature=1.0, seed=0)),
+                          engine)
     groups = [Group(prompt="q", completions=c) for c in _rollouts(g, max(sizes), length // 2)]
     secs = {k: [] for k in sizes}
     for _ in range(reps):
@@ -366,7 +367,7 @@ def main(argv=None) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from cat_trl.models import resolve_model_path
+    from cat_trl.embedded_model import resolve_model_path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny test model is a test helper
     from tiny_model import build_tiny_model

@@ -48,7 +48,7 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -
 
     from cat_trl.config import CaTGRPOConfig
     from cat_trl.data import load_synthetic_math
-    from cat_trl.models import resolve_model_path
+    from cat_trl.embedded_model import resolve_model_path
     from cat_trl.trainer import CaTGRPOTrainer
     from cat_trl.trl_compat import extra_vllm_llm_kwargs, install_weight_sync
 

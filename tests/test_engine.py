@@ -313,6 +313,19 @@ def test_base_engine_character_heuristic_truncation():
     assert e.truncate_tokens(text, 0) == ""
 
 
+def test_counted_call_times_and_counts_completed_calls_only():
+    """`Engine.counted_call`: the one place every engine's calls are timed and added to `stats`."""
+    e = _NoTokenizerEngine()
+    with e.counted_call() as call:
+        call.generated([Generation("a", 3, 2), Generation("b", 4, 1, "length")])
+    with e.counted_call() as call:
+        call.scored(5, prompt_tokens=40)
+    with pytest.raises(RuntimeError), e.counted_call() as call:
+        raise RuntimeError("the server went away")  # a failed call is not counted
+    s = e.stats
+    assert (s.calls, s.sequences, s.prompt_tokens, s.completion_tokens) == (2, 7, 47, 3) and s.seconds >= 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Training mode, no_grad, and the PEFT adapter-disabled anchor
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from cat_trl.data import load_healthbench, resolve_format
 from cat_trl.data.healthbench import read_healthbench, split_healthbench
 from cat_trl.engines import Engine, Generation
-from cat_trl.evaluation.healthbench_grader import (
+from cat_trl.rubrics.healthbench_grader import (
     HealthBenchGrader,
     RubricItem,
     aggregate,
@@ -92,7 +92,7 @@ def test_format_is_detected_and_offline_hub_fails_clearly(tmp_path):
 
 def test_train_entry_point_loads_healthbench(tmp_path):
     from cat_trl.data import load_train_dataset
-    from cat_trl.script_args import CaTScriptArguments
+    from cat_trl.config.script_args import CaTScriptArguments
 
     args = CaTScriptArguments(dataset_name=str(FIXTURE), healthbench_holdout=1)
     assert len(load_train_dataset(args)) == 5
@@ -262,7 +262,7 @@ def test_holdout_from_training_file_and_thinking_stripped(tmp_path):
 def test_grader_output_parser_is_linear_on_hostile_output(junk):
     import time
 
-    from cat_trl.evaluation.healthbench_grader import parse_grader_output
+    from cat_trl.rubrics.healthbench_grader import parse_grader_output
 
     start = time.perf_counter()
     assert parse_grader_output(junk) is None
@@ -277,7 +277,7 @@ def test_grader_output_parser_is_linear_on_hostile_output(junk):
     ('{"criteria_met": "yes"}', None),  # not a boolean: ask again
 ])
 def test_grader_output_parser_accepts_simple_evals_replies_and_documented_wrappings(reply, met):
-    from cat_trl.evaluation.healthbench_grader import parse_grader_output
+    from cat_trl.rubrics.healthbench_grader import parse_grader_output
 
     parsed = parse_grader_output(reply)
     assert (parsed or {}).get("criteria_met") == met

@@ -1,4 +1,4 @@
-"""Tests for cat_trl.metrics: per-group diagnostics and step-level aggregates on hand-made groups.
+"""Tests for cat_trl.estimators.diagnostics: per-group diagnostics and step-level aggregates on hand-made groups.
 
 Every expected value below is worked out by hand in the comments.
 """
@@ -11,7 +11,7 @@ import pytest
 
 from cat_trl.answers import AnswerMatcher
 from cat_trl.estimators import Group, Reference
-from cat_trl.metrics import aggregate, analyse_group, finite
+from cat_trl.estimators.diagnostics import aggregate, analyse_group, finite
 
 G = 4
 STRING = AnswerMatcher("string")

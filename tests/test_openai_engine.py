@@ -83,7 +83,7 @@ def _closed_port() -> int:
 
 def test_unreachable_server_fails_with_the_url():
     port = _closed_port()
-    engine = OpenAIEngine(f"http://127.0.0.1:{port}", "m", max_retries=2, backoff=0.01, timeout=2)
+    engine = OpenAIEngine(f"http://127.0.0.1:{port}", "m", max_retries=2, timeout=2)
     start = time.perf_counter()
     with pytest.raises(EngineUnavailableError, match=f"127.0.0.1:{port}.*3 attempts"):
         engine.generate([_chat("hi")], GREEDY)
@@ -147,7 +147,7 @@ def scripted():
 
 def test_retries_with_backoff_on_transient_errors(scripted):
     srv, url = scripted(script=[503, 429, 200])
-    engine = OpenAIEngine(url, "m", max_retries=3, backoff=0.05, cache=False)
+    engine = OpenAIEngine(url, "m", max_retries=3, cache=False)
     start = time.perf_counter()
     assert engine.generate([_chat("x")], GREEDY)[0].text == "echo: x"
     assert engine.stats.extra["retries"] == 2
@@ -156,7 +156,7 @@ def test_retries_with_backoff_on_transient_errors(scripted):
 
 def test_client_errors_are_not_retried(scripted):
     srv, url = scripted(script=[400])
-    engine = OpenAIEngine(url, "m", max_retries=3, backoff=0.01)
+    engine = OpenAIEngine(url, "m", max_retries=3)
     with pytest.raises(EngineError, match="HTTP 400"):
         engine.generate([_chat("x")], GREEDY)
     assert engine.stats.extra["retries"] == 0
@@ -218,7 +218,7 @@ def test_unusable_bodies_are_not_cached(tmp_path):
 
 def test_persistent_rate_limit_says_so(scripted):
     srv, url = scripted(script=[429, 429])
-    engine = OpenAIEngine(url, "m", max_retries=1, backoff=0.0)
+    engine = OpenAIEngine(url, "m", max_retries=1)
     with pytest.raises(EngineUnavailableError, match="rate-limited"):
         engine.generate([_chat("x")], GREEDY)
 
@@ -253,7 +253,7 @@ def test_a_server_trickling_bytes_cannot_hold_a_call_past_its_deadline():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         engine = OpenAIEngine(f"http://127.0.0.1:{srv.server_address[1]}/v1", "m", timeout=1.0, max_retries=1,
-                              backoff=0.0, cache=False)
+                              cache=False)
         start = time.perf_counter()
         with pytest.raises(EngineUnavailableError, match="within 1.0 s"):
             engine.generate([_chat("x")], GREEDY)

@@ -71,7 +71,7 @@ def _launch(recipe: str, tmp_path: Path, model: str, *extra: str) -> dict:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert proc.stderr.count("time-shared colocated vLLM engine (weights from ref_model)") == 2  # one per rank
     return json.loads((out / "cat_summary.json").read_text()) | {"history": json.loads(
-        (out / "cat_history.json").read_text())}
+        (out / "trainer_state.json").read_text())["log_history"]}
 
 
 @pytest.mark.parametrize("recipe", ["yaml/math500/qwen3-4b.yaml", "yaml/math500/gemma-3-4b-it.yaml",

@@ -223,7 +223,7 @@ def test_rubric_reward_requires_the_rubric_column(embedded_engine):
 
 
 def test_equivalence_and_physician_baselines(embedded_engine):
-    from cat_trl.evaluation.healthbench_grader import RubricItem, example_score
+    from cat_trl.rubrics.healthbench_grader import RubricItem, example_score
 
     eq = JudgeEquivalenceReward.from_engine(embedded_engine, "logprob")
     out = eq(["q", "q"], ["Rest and drink water.", "x"], cat_reference=["Rest and drink water.", None])

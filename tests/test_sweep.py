@@ -15,7 +15,8 @@ from cat_trl.cli.sweep import (
     local_commands,
     wandb_definition,
 )
-from cat_trl.cli.train import apply_prompts_per_step, parse_args
+from cat_trl.cli.train import parse_args
+from cat_trl.config import derive_batch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ def test_derive_batch_keeps_prompts_per_step():
     assert derive_batch(2, 2, 1, 1) == 4
     for g in (2, 4, 8, 16):
         assert derive_batch(g, 256, 8, 32) * 8 * 32 == 256 * g
-    with pytest.raises(SweepError, match="cannot be split.*values that work"):
+    with pytest.raises(ValueError, match="cannot be split.*values that work"):
         derive_batch(3, 2, 4, 1)
 
 
@@ -42,12 +43,9 @@ def test_shipped_sweeps_validate(path, monkeypatch):
     # launcher) is the planned one, and the recipe + point parse and validate (GPU-only settings overridden here).
     for entry, cmd in zip(sweep["_plan"], local_commands(sweep, "/tmp/x")):
         argv = cmd[cmd.index("cat_trl.cli.train") + 1 :]
-        monkeypatch.setenv("WORLD_SIZE", str(entry["num_processes"]))
-        derived = apply_prompts_per_step(argv)[-1]
-        assert derived == f"--per_device_train_batch_size={entry['per_device_train_batch_size']}"
-        monkeypatch.delenv("WORLD_SIZE")
         _, args, _ = parse_args([*argv, "--bf16", "false", "--use_cpu", "true"])
         assert args.generation_batch_size == sweep["prompts_per_step"] * args.num_generations
+        assert args.batch_for(entry["num_processes"]) == entry["per_device_train_batch_size"]
 
 
 def test_bad_sweeps_fail_before_launch(tmp_path, monkeypatch):
@@ -73,11 +71,25 @@ def test_bad_sweeps_fail_before_launch(tmp_path, monkeypatch):
     check(lambda d: d.pop("prompts_per_step"), "prompts_per_step")
 
 
-def test_prompts_per_step_in_the_entry_point(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    argv = apply_prompts_per_step(["--config", str(REPO / "tests/recipes/tiny.yaml"), "--prompts_per_step", "3",
-                                   "--num_generations=4"])
-    assert argv[-1] == "--per_device_train_batch_size=6"  # 3 prompts x 4 / 2 processes
+def test_prompts_per_step_in_the_config():
+    """The config derives the batch on every rank from WORLD_SIZE (set by the launcher), G and steps_per_generation,
+    before TRL checks it; the recipe's own per_device_train_batch_size is replaced."""
+    recipe = ["--config", str(REPO / "tests/recipes/tiny.yaml"), "--prompts_per_step", "3", "--num_generations=4",
+              "--bf16", "false", "--use_cpu", "true"]
+    _, args, _ = parse_args(recipe)
+    assert (args.per_device_train_batch_size, args.generation_batch_size) == (12, 12)
+    _, args, _ = parse_args([*recipe, "--steps_per_generation", "2", "--num_generations=6"])
+    assert (args.per_device_train_batch_size, args.generation_batch_size) == (9, 18)  # 3 x 6 / 2 steps
+    with pytest.raises(ValueError, match="cannot be split"):
+        args.batch_for(4)  # 3 x 6 = 18 completions over 4 processes x 2 steps
+    _, args, _ = parse_args(recipe)
+    assert args.batch_for(2) == 6  # 3 prompts x 4 / 2 processes: what each of 2 ranks derives from WORLD_SIZE=2
+    from cat_trl.cli.train import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be split"):
+        parse_args([*recipe, "--num_generations=5", "--steps_per_generation", "2"])
+    with pytest.raises(ConfigError, match="both set"):
+        parse_args([*recipe, "--generation_batch_size", "12"])
 
 
 @pytest.mark.multiproc

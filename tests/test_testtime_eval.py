@@ -244,8 +244,8 @@ def test_pool_is_shared_and_nested_across_methods_and_g():
         PoolItem(1, "b", [{"role": "user", "content": "q1"}], "q1",
                  ["\\boxed{5}", "\\boxed{5}", "\\boxed{6}", "\\boxed{6}"], [2, 2, 2, 2], ["stop"] * 4, gold="6"),
     ]
-    methods = build_methods(["single", "majority", "self_bon"], ScriptedEngine("BEST: 4"), verifiable=True,
-                            matcher=matcher, extract=extract_boxed, anchor_sampling=GREEDY,
+    methods = build_methods(["single", "majority", "self_bon"], ScriptedEngine("BEST: 4"), answer_extraction="boxed",
+                            matcher=matcher, anchor_sampling=GREEDY,
                             selector_sampling=GREEDY, synthesis_template="{responses}")
     result = evaluate_pool(items, methods, [1, 2, 4], AnswerScorer(matcher, extract_boxed), matcher, extract_boxed,
                            progress=False)

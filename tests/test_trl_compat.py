@@ -138,3 +138,105 @@ def test_vllm_generation_internals_the_anchor_uses():
         pass
     trl_compat.set_weights_sleeping(vg, True)
     assert vg._llm_weights_sleeping is True
+
+
+def test_colocated_engine_attributes_the_vllm_anchor_drives():
+    """`colocated_llm`, `sleep_mode_enabled` and `vllm_tp_size` read TRL's `VLLMGeneration.llm`, `.enable_sleep_mode`
+    and `.tensor_parallel_size`: the anchor borrows that engine, waking and sleeping it as TRL would."""
+    init = inspect.getsource(VLLMGeneration.__init__)
+    assert "self.enable_sleep_mode = enable_sleep_mode" in init
+    assert "self.tensor_parallel_size = tensor_parallel_size" in init
+    assert "self.llm = LLM(" in inspect.getsource(VLLMGeneration._init_vllm)
+    vg = _colocated([])
+    assert trl_compat.colocated_llm(vg) is vg.llm and trl_compat.sleep_mode_enabled(vg) is False
+    vg.enable_sleep_mode, vg.tensor_parallel_size = True, 2
+    assert trl_compat.sleep_mode_enabled(vg) is True and trl_compat.vllm_tp_size(vg) == 2
+    unbuilt = VLLMGeneration.__new__(VLLMGeneration)  # server mode builds no engine
+    assert trl_compat.colocated_llm(unbuilt) is None and trl_compat.vllm_tp_size(unbuilt) == 1
+
+
+def test_accelerate_state_the_engine_factory_reads():
+    """`deepspeed_zero_stage` and `fsdp_version` read accelerate's `state.deepspeed_plugin.zero_stage` (a property,
+    None without DeepSpeed) and `state.fsdp_plugin.fsdp_version`."""
+    from types import SimpleNamespace
+
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
+
+    assert isinstance(inspect.getattr_static(AcceleratorState, "deepspeed_plugin"), property)
+    assert "self.fsdp_plugin = fsdp_plugin" in inspect.getsource(AcceleratorState.__init__)
+    state = SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(zero_stage=3),
+                            fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2))
+    accelerator = SimpleNamespace(state=state)
+    assert trl_compat.deepspeed_zero_stage(accelerator) == 3 and trl_compat.fsdp_version(accelerator) == 2
+    accelerator.state = SimpleNamespace(deepspeed_plugin=None, fsdp_plugin=None)  # plain DDP / single process
+    assert trl_compat.deepspeed_zero_stage(accelerator) is None and trl_compat.fsdp_version(accelerator) == 1
+
+
+def test_trl_all_rewards_none_warning_is_held_by_its_text_on_its_logger(caplog):
+    """`holding_all_rewards_none_warning` recognises TRL's warning by the text and logger pinned here."""
+    import logging
+
+    from trl.trainer import grpo_trainer
+
+    source = inspect.getsource(GRPOTrainer._calculate_rewards)
+    assert f'f"{trl_compat.TRL_ALL_REWARDS_NONE_WARNING}:' in source, "TRL changed its all-None warning"
+    assert "logger.warning(" in source
+    assert grpo_trainer.logger.logger.name == trl_compat.TRL_REWARDS_LOGGER
+    log = logging.getLogger(trl_compat.TRL_REWARDS_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=trl_compat.TRL_REWARDS_LOGGER):
+        with trl_compat.holding_all_rewards_none_warning() as held:
+            log.warning("[RANK 0] %s:\n{'prompt': 'p'}", trl_compat.TRL_ALL_REWARDS_NONE_WARNING)
+            log.warning("something else")
+        assert [r.getMessage() for r in caplog.records] == ["something else"] and len(held) == 1
+        assert not log.filters  # the filter is gone after the block
+        trl_compat.release_warnings(held)
+        assert trl_compat.TRL_ALL_REWARDS_NONE_WARNING in caplog.records[-1].getMessage()
+
+
+def test_argument_parser_field_hook_is_called_once_per_field():
+    """`FieldHookParser` relies on HfArgumentParser adding every dataclass field through its private
+    `_parse_dataclass_field`; if transformers renames or stops calling it, the CLI's list/dict settings break."""
+    import dataclasses
+
+    from transformers import HfArgumentParser
+
+    from cat_trl.trl_compat import FieldHookParser
+
+    assert callable(getattr(HfArgumentParser, "_parse_dataclass_field", None))
+
+    @dataclasses.dataclass
+    class Args:
+        a: int = 1
+        b: list[str] = dataclasses.field(default_factory=list)
+
+    seen = []
+
+    class Recording(FieldHookParser):
+        def add_dataclass_field(self, parser, dc_field):
+            seen.append(dc_field.name)
+            super().add_dataclass_field(parser, dc_field)
+
+    (args,) = Recording([Args]).parse_args_and_config(["--a", "3", "--b", "x", "y"])
+    assert seen == ["a", "b"] and args.a == 3 and args.b == ["x", "y"]
+
+
+def test_gguf_quantization_attributes_exist_where_they_are_stripped():
+    """`strip_gguf_quantization` drops transformers' `hf_quantizer`, `config.quantization_config` and private
+    `_weight_conversions` of a GGUF-loaded model; the embedded model (loaded from GGUF once) then saves and trains as
+    a plain model. Pinned: transformers still sets `_weight_conversions` while loading."""
+    import inspect
+
+    import transformers.core_model_loading as loading
+
+    from cat_trl.trl_compat import strip_gguf_quantization
+
+    assert "_weight_conversions" in inspect.getsource(loading)
+
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(hf_quantizer=object(), _weight_conversions=[object()],
+                            config=SimpleNamespace(quantization_config={"quant_method": "gguf"}))
+    strip_gguf_quantization(model)
+    assert model.hf_quantizer is None and model._weight_conversions is None
+    assert not hasattr(model.config, "quantization_config")

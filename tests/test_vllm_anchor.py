@@ -281,7 +281,7 @@ def test_auto_falls_back_to_transformers_where_the_vllm_anchor_cannot_stream_pi0
     them per module). `auto` logs and uses the transformers anchor (which still reproduces pi_0); an explicit `vllm`
     raises, naming the way out. (FSDP2 streams: tests/test_vllm_real.py runs it for real.)"""
     from cat_trl.engines.vllm_engine import VLLMAnchorUnsupported
-    from cat_trl.from_config import build_anchor_engine
+    from cat_trl.components import build_anchor_engine
 
     tokenizer, initial, policy, engine_model = models
 

@@ -1,7 +1,7 @@
 """Test helper (not part of the library): a tiny random-weight Llama with the *real* SmolLM2 tokenizer and chat
 template. The prompt/chat/tokenization paths behave exactly as with the real model while a forward pass costs
 nothing. Built once into the model cache with the same process-safe protocol as the embedded checkpoint
-(`cat_trl.models.build_once`)."""
+(`cat_trl.embedded_model.build_once`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from cat_trl.models import build_once, cache_dir, is_complete, read_marker, resolve_model_path, save_tokenizer
+from cat_trl.embedded_model import build_once, cache_dir, is_complete, read_marker, resolve_model_path, save_tokenizer
 
 EMBEDDED = "smollm2-135m-instruct"
 
@@ -31,7 +31,7 @@ def build_tiny_model(
     ``seed``. The tokenizer and generation config are copied from the converted embedded checkpoint (which is
     converted first if needed).
 
-    Cached and process-safe like `cat_trl.models.convert_gguf_to_checkpoint`: returns immediately if ``out_dir`` is
+    Cached and process-safe like `cat_trl.embedded_model.convert_gguf_to_checkpoint`: returns immediately if ``out_dir`` is
     already complete. Default ``out_dir``: ``cache_dir()/"models"/f"tiny-llama-h{hidden_size}-l{num_layers}-s{seed}"``
     (with ``-a{num_heads}`` appended when ``num_heads`` is not 4, so different shapes never share a directory).
 

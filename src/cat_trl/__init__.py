@@ -1,8 +1,8 @@
 """Compute as Teacher (CaT, arXiv 2509.14234) on Hugging Face TRL.
 
 The anchor (frozen initial policy) reads the G rollouts of a GRPO group and synthesizes a reference; rewards come
-from that reference instead of labels. Heavy imports (torch, TRL) are deferred so `import cat_trl.rewards` stays
-light for plain TRL users.
+from that reference instead of labels. Every name here resolves on first access, so `import cat_trl` and
+`import cat_trl.rewards` load neither torch nor TRL (`tests/test_layout.py` checks it).
 """
 
 __version__ = "0.1.0"
@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "CaTGRPOConfig": "cat_trl.config",
     "CaTGRPOTrainer": "cat_trl.trainer",
-    "CaTScriptArguments": "cat_trl.script_args",
+    "CaTScriptArguments": "cat_trl.config",
     "CaTMathReward": "cat_trl.rewards",
     "CaTSynthesisMathReward": "cat_trl.rewards",
     "SynthesisEstimator": "cat_trl.estimators",

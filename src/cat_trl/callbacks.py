@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
@@ -133,7 +132,7 @@ class CaTLoggingCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._cat_last_cycle = time.perf_counter()
+        self.trainer.cat_start_cycle_clock()
         if state.global_step > 0 and self.trainer.accelerator.is_main_process:
             self.trainer.cat_group_log.drop_after(state.global_step)
 
@@ -149,3 +148,77 @@ class CaTLoggingCallback(TrainerCallback):
 
         frame = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows])
         wandb.log({"cat/groups": wandb.Table(dataframe=frame)})
+
+
+# ---------------------------------------------------------------------------------------------- run bookkeeping
+
+#: headline metrics of the end-of-run summary (first vs last logging steps)
+SUMMARY_KEYS = ("reward", "cat/label_accuracy", "cat/ground_truth_ratio", "cat/majority_accuracy",
+                "cat/reference_parse_failure", "cat/reference_ne_majority", "cat/anchor_share")
+BEST_CHECKPOINT_FILE = "best_checkpoint.json"
+
+
+def summarize(log_history: list[dict], window: int = 3) -> dict[str, dict[str, float]]:
+    """First vs. last logged values of the headline metrics (means over `window` logging steps)."""
+    import math
+
+    rows = [h for h in log_history if "reward" in h]
+    out: dict[str, dict[str, float]] = {}
+    for key in SUMMARY_KEYS:
+        values = [h[key] for h in rows if isinstance(h.get(key), (int, float)) and not math.isnan(h[key])]
+        if values:
+            w = max(1, min(window, len(values) // 2 or 1))
+            out[key] = {"first": sum(values[:w]) / w, "last": sum(values[-w:]) / w, "steps_logged": len(values)}
+    return out
+
+
+def format_summary(steps: int, summary: dict[str, dict[str, float]]) -> str:
+    lines = [f"CaT-RL finished {steps} steps. What changed (mean of first vs last logging steps):"]
+    for key, v in summary.items():
+        lines.append(f"  {key:32s} {v['first']:.3f} -> {v['last']:.3f}   ({v['steps_logged']} logged)")
+    if "cat/label_accuracy" in summary:
+        lines.append("  (label_accuracy: anchor reference == gold; ground_truth_ratio: policy rollouts == gold. Gold "
+                     "is read only for these diagnostics.)")
+    return "\n".join(lines)
+
+
+class RunSummaryCallback(TrainerCallback):
+    """At the end of training (main process): `cat_summary.json` (first vs last headline metrics; the full history
+    is TRL's own `trainer_state.json`) and, with a validation set, `best_checkpoint.json` -- the checkpoint with the
+    best validation score, which `cat-trl healthbench-eval --policy <output_dir>` then scores."""
+
+    def __init__(self, validation_size: int | None = None):
+        self.validation_size = validation_size
+        self.summary: dict[str, dict[str, float]] = {}
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.summary = summarize(state.log_history)
+        if not state.is_world_process_zero:
+            return
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, "cat_summary.json"), "w") as f:
+            json.dump({"steps": state.global_step, "metrics": self.summary}, f, indent=2)
+        if self.validation_size is not None:
+            metric = args.metric_for_best_model
+            best = {"checkpoint": state.best_model_checkpoint, "metric": metric, "value": state.best_metric,
+                    "greater_is_better": args.greater_is_better, "validation_questions": self.validation_size,
+                    "scores": [{"step": h["step"], metric: h.get(metric)} for h in state.log_history if metric in h]}
+            with open(os.path.join(args.output_dir, BEST_CHECKPOINT_FILE), "w") as f:
+                json.dump(best, f, indent=2)
+
+
+class RunConfigCallback(TrainerCallback):
+    """Adds what the W&B run config needs beyond `args.to_dict()` (which TRL already logs, every `cat_*` field
+    included) -- dataset and model arguments, how the anchor and judge were resolved -- once TRL's W&B callback has
+    started the run (callbacks run in order)."""
+
+    def __init__(self, extra: dict):
+        self.extra = extra
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or "wandb" not in (args.report_to or []):
+            return
+        import wandb
+
+        if wandb.run is not None:
+            wandb.config.update(self.extra, allow_val_change=True)

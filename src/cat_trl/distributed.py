@@ -65,3 +65,17 @@ def full_weights_on_every_rank() -> Iterator[None]:
         yield
     finally:
         os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = saved
+
+
+def params_sharded(accelerator) -> bool:
+    """Whether this launch shards parameters across ranks (FSDP, or DeepSpeed ZeRO-3): then every forward pass is a
+    collective, and a model must run the same number of passes on every rank."""
+    from accelerate.utils import DistributedType
+
+    from .trl_compat import deepspeed_zero_stage
+
+    if accelerator.num_processes < 2:
+        return False
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and deepspeed_zero_stage(accelerator) == 3

@@ -1,6 +1,6 @@
 """`CaTGRPOTrainer`: GRPO whose reward functions see a reference synthesized by the frozen anchor from whole groups.
 
-Only `_calculate_rewards` (and `log`, for the per-group table) are overridden. Per generation batch:
+Only `_calculate_rewards` is overridden (the per-group table goes to W&B from `CaTLoggingCallback.on_log`). Per generation batch:
 
     local slice --gather--> global batch --cut--> groups of G --deal--> ranks --one engine call--> references
     --gather--> every rank --> `cat_reference` on each local input --> super()._calculate_rewards (TRL's rewards,
@@ -23,25 +23,27 @@ from trl import GRPOTrainer
 from .answers import AnswerMatcher, get_extractor
 from .callbacks import CaTLoggingCallback, GroupLog
 from .config import CaTGRPOConfig
-from .labels import GOLD_COLUMN, GOLD_RUBRICS_COLUMN
+from .data.labels import GOLD_COLUMN, GOLD_RUBRICS_COLUMN
 from .engines.anchor_weights import freeze_initial_adapter
 from .engines.base import Engine
 from .estimators.base import NoReference, ReferenceEstimator
-from .from_config import (
+from .components import (
     build_anchor_engine,
-    build_estimator,
     build_judge,
     build_judge_engine,
+    build_reference_estimator,
     open_ended_rewards,
 )
-from .grouping import estimate_all, gather_all, gather_groups, local_references
-from .metrics import aggregate, analyse_group
+from .estimators.across_ranks import estimate_all, gather_all, gather_groups, local_references
+from .estimators.diagnostics import aggregate, analyse_group
 from .rewards.verifiable import CaTMathReward
 from .trl_compat import (
     extra_vllm_llm_kwargs,
+    holding_all_rewards_none_warning,
     install_weight_sync,
     log_completion_column,
     log_trainer_metric,
+    release_warnings,
     restore_fsdp2_reference_model,
     reward_weights,
 )
@@ -77,7 +79,7 @@ class CaTGRPOTrainer(GRPOTrainer):
     ```python
     from cat_trl import CaTGRPOConfig, CaTGRPOTrainer
     from cat_trl.data import load_synthetic_math
-    from cat_trl.models import resolve_model_path
+    from cat_trl.embedded_model import resolve_model_path
 
     model = resolve_model_path("smollm2-135m-instruct")  # the embedded model, converted once, offline
     args = CaTGRPOConfig(output_dir="cat-out", num_generations=4, per_device_train_batch_size=4, max_steps=1,
@@ -150,16 +152,22 @@ class CaTGRPOTrainer(GRPOTrainer):
         if args.cat_reward == "physician_rubric":
             logger.warning("cat_reward=physician_rubric is the ORACLE baseline: physician rubrics (labels) reach the "
                            "reward. This is not CaT.")
-        self.cat_estimator = estimator or build_estimator(args, anchor_engine, self.cat_matcher)
+        self.cat_estimator = estimator or build_reference_estimator(args, anchor_engine)
         self.cat_budget = None
         if hasattr(self.cat_estimator, "check_budget"):
             widest = max(self.num_generations, self.num_generations_eval or 0)  # eval groups may be larger
             self.cat_budget = self.cat_estimator.check_budget(widest, args.max_completion_length)
         self._cat_last_cycle: float | None = None
+        self._cat_told_unrewarded = False  # the no-reference line is a warning once, then info
         self.cat_group_log = GroupLog(args.output_dir)
         self.add_callback(CaTLoggingCallback(self))
 
     # ------------------------------------------------------------------------------------------ rewards
+
+    def cat_start_cycle_clock(self) -> None:
+        """Starts the clock `cat/anchor_share` divides by (the wall time of one generation cycle); called when
+        training starts, then restarted by every training reward call."""
+        self._cat_last_cycle = time.perf_counter()
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         mode = "train" if self.model.training else "eval"
@@ -187,11 +195,50 @@ class CaTGRPOTrainer(GRPOTrainer):
             for inp, ref in zip(inputs, local)
         ]
         log_completion_column(self, "cat_reference_answer", [ref.answer for ref in local])
-        rewards_per_func = super()._calculate_rewards(reward_inputs, prompts, completions, completion_ids_list)
+        with holding_all_rewards_none_warning() as held:
+            rewards_per_func = super()._calculate_rewards(reward_inputs, prompts, completions, completion_ids_list)
+        self._cat_report_unrewarded(batch, references, local, rewards_per_func, held)
 
         self._cat_diagnostics(mode, batch, references, inputs, gold_column, rewards_per_func, anchor_seconds,
                               stats_before)
         return rewards_per_func
+
+    def _cat_usable(self, ref) -> bool:
+        """Whether a group's reference is one its CaT reward can score against (else the group gets None)."""
+        if self.args.cat_reward == "rubric":
+            return bool(ref.rubric)
+        if self.args.cat_reward == "judge_equivalence":
+            return bool(ref.text)
+        if self.args.cat_reward == "physician_rubric":
+            return True  # the oracle needs no reference
+        return ref.answer is not None
+
+    def _cat_report_unrewarded(self, batch, references, local, rewards_per_func, held):
+        """A group without a usable reference gets no reward by design (counted in `cat/reference_parse_failure` /
+        `cat/rubric_failure`): said here in one line per generation batch, a warning the first time. TRL's own
+        warning (the whole row, whenever every reward is None for a row), held back during the reward call, is
+        released only when the row it names HAD a usable reference: then a reward function returned None itself."""
+        unscored = torch.isnan(rewards_per_func).all(dim=1).tolist()  # global rows, gathered in rank order
+        if held:  # TRL warns on the main process about the first unscored row of its local slice
+            mine = unscored[batch.offset : batch.offset + batch.local_size]
+            with_reference = [i for i, (u, ref) in enumerate(zip(mine, local)) if u and self._cat_usable(ref)]
+            if True in mine and self._cat_usable(local[mine.index(True)]):
+                release_warnings(held)
+            elif with_reference:  # TRL named a row without reference: say which rows are the reward functions' doing
+                logger.warning(
+                    "cat-trl: every reward function returned None for %d rollout(s) whose group had a usable "
+                    "reference (first: local row %d); check the reward functions", len(with_reference),
+                    with_reference[0])
+        G = batch.num_generations
+        missing = sum(1 for g, ref in enumerate(references)
+                      if not self._cat_usable(ref) and all(unscored[g * G : (g + 1) * G]))
+        if missing and self.accelerator.is_main_process:
+            metric = {"rubric": " (cat/rubric_failure)", "math": " (cat/reference_parse_failure)"}.get(
+                self.args.cat_reward, "")
+            logger.log(logging.INFO if self._cat_told_unrewarded else logging.WARNING,
+                       "cat-trl: %d of %d group(s) had no usable reference this step; their rollouts get no reward%s",
+                       missing, len(references), metric)
+            self._cat_told_unrewarded = True
 
     def _cat_diagnostics(self, mode, batch, references, inputs, gold_column, rewards_per_func, anchor_seconds,
                          stats_before):

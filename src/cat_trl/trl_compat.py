@@ -1,4 +1,4 @@
-"""Every access cat-trl makes to TRL's and vLLM's internals lives here, so a TRL/vLLM upgrade breaks one file.
+"""Every access cat-trl makes to TRL's, vLLM's and accelerate's internals lives here, so an upgrade breaks one file.
 
 Each accessor is pinned by a test against the installed TRL 1.16 (tests/test_trl_compat.py) and, in the vLLM
 environment, against real vLLM (tests/test_vllm_real.py).
@@ -161,6 +161,22 @@ def vllm_tp_group(vllm_generation):
     return getattr(vllm_generation, "tp_group", None)
 
 
+def vllm_tp_size(vllm_generation) -> int:
+    """How many ranks share the colocated engine (TRL's `tensor_parallel_size`; 1 when unset)."""
+    return getattr(vllm_generation, "tensor_parallel_size", 1) or 1
+
+
+def colocated_llm(vllm_generation):
+    """The `vllm.LLM` TRL's colocated `VLLMGeneration` built (`llm`); None where it holds none (server mode)."""
+    return getattr(vllm_generation, "llm", None)
+
+
+def sleep_mode_enabled(vllm_generation) -> bool:
+    """Whether TRL built the colocated engine with vLLM sleep mode (`enable_sleep_mode`): its weights and KV cache
+    are then released between generations and must be woken before use."""
+    return bool(vllm_generation.enable_sleep_mode)
+
+
 def mark_policy_stale(trainer) -> None:
     """Make TRL push the policy's weights into vLLM before its next generation: `GRPOTrainer._generate_single_turn`
     syncs whenever `state.global_step != _last_loaded_step`."""
@@ -204,6 +220,22 @@ def extra_vllm_llm_kwargs(kwargs: dict | None) -> Iterator[None]:
         yield
     finally:
         vllm_generation.LLM = original
+
+
+# ------------------------------------------------------------------------------------------- accelerate state
+
+
+def deepspeed_zero_stage(accelerator) -> int | None:
+    """The DeepSpeed ZeRO stage of this launch (accelerate's `state.deepspeed_plugin.zero_stage`); None without
+    DeepSpeed (accelerate's property is then None)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return None if plugin is None else plugin.zero_stage
+
+
+def fsdp_version(accelerator) -> int:
+    """The FSDP version accelerate shards with (`state.fsdp_plugin.fsdp_version`); 1, accelerate's default, when the
+    plugin does not say."""
+    return getattr(getattr(accelerator.state, "fsdp_plugin", None), "fsdp_version", 1)
 
 
 # ------------------------------------------------------------------------------------------- GRPOTrainer internals
@@ -289,3 +321,82 @@ def restore_fsdp2_reference_model(trainer) -> int:
                 buffer.copy_(full)
                 restored += 1
     return restored
+
+
+# ------------------------------------------------------------------------------------ TRL's "all rewards None" warning
+
+#: the logger `GRPOTrainer._calculate_rewards` warns on (its module logger, wrapped by accelerate's `get_logger`)
+TRL_REWARDS_LOGGER = "trl.trainer.grpo_trainer"
+#: how that warning begins. TRL 1.16 logs it (main process only) when every reward function returned None for a row
+#: of the local batch, naming the first such row with all its columns: prompt, completion, every dataset field.
+TRL_ALL_REWARDS_NONE_WARNING = "All reward functions returned None for the following kwargs"
+
+
+@contextlib.contextmanager
+def holding_all_rewards_none_warning() -> Iterator[list]:
+    """Hold back TRL's "All reward functions returned None" warning for the block: matching records go into the
+    yielded list instead of being emitted; anything else TRL logs passes. `release_warnings(held)` emits them later.
+    A filter on TRL's logger for the block only: no TRL code is patched."""
+    import logging
+
+    log = logging.getLogger(TRL_REWARDS_LOGGER)
+    held: list = []
+
+    def hold(record) -> bool:
+        if TRL_ALL_REWARDS_NONE_WARNING in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    log.addFilter(hold)
+    try:
+        yield held
+    finally:
+        log.removeFilter(hold)
+
+
+def release_warnings(records: list) -> None:
+    """Emit log records held back by `holding_all_rewards_none_warning`, as their logger would have."""
+    import logging
+
+    for record in records:
+        logging.getLogger(record.name).handle(record)
+
+
+# ------------------------------------------------------------------------------- transformers' private attributes
+
+
+def strip_gguf_quantization(model) -> None:
+    """A model loaded from GGUF with `dequantize=True` holds dense tensors but still carries transformers' GGUF
+    quantizer (`hf_quantizer`), `config.quantization_config` and the private `_weight_conversions` applied at load:
+    with them it claims to be quantized, is not trainable and `save_pretrained` refuses or re-converts. Dropped here.
+    Pinned by tests/test_trl_compat.py."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if getattr(model, "_weight_conversions", None) is not None:
+        model._weight_conversions = None
+
+
+# --------------------------------------------------------------------------- HfArgumentParser's per-field hook
+
+
+def _field_hook_parser():
+    from trl import TrlParser
+
+    class FieldHookParser(TrlParser):
+        """`TrlParser` with a public per-field hook. HfArgumentParser adds each dataclass field through its private
+        static `_parse_dataclass_field(parser, field)`; a subclass overrides `add_dataclass_field` instead (pinned by
+        tests/test_trl_compat.py: the hook is called once per field)."""
+
+        def add_dataclass_field(self, parser, dc_field) -> None:
+            TrlParser._parse_dataclass_field(parser, dc_field)
+
+        def _parse_dataclass_field(self, parser, dc_field):  # HfArgumentParser calls self._parse_dataclass_field
+            self.add_dataclass_field(parser, dc_field)
+
+    return FieldHookParser
+
+
+FieldHookParser = _field_hook_parser()

@@ -6,7 +6,7 @@ import torch.distributed as dist
 from accelerate import PartialState
 
 from cat_trl.estimators.base import Group, Reference, ReferenceEstimator
-from cat_trl.grouping import estimate_all
+from cat_trl.estimators.across_ranks import estimate_all
 
 
 class FailsOnRankOne(ReferenceEstimator):

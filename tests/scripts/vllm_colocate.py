@@ -52,7 +52,7 @@ def main() -> None:
     from cat_trl.engines.vllm_engine import build_vllm_anchor
     from cat_trl.estimators import Group, MinPPLEstimator, MutualPredictabilityEstimator
     from cat_trl.estimators.prompts import MATH_SYNTHESIS_PROMPT, build_synthesis_prompt
-    from cat_trl.models import resolve_model_path
+    from cat_trl.embedded_model import resolve_model_path
     from cat_trl.rewards import CaTMathReward
     from cat_trl.trainer import CaTGRPOTrainer
 

@@ -20,13 +20,14 @@ from .extract import (
     is_placeholder,
     last_box,
 )
-from .match import MATCH_MODES, AnswerMatcher
+from .match import MATCH_MODES, OWN_FALSE_POSITIVE_FIXES, AnswerMatcher, own_false_positive_fix
 from .normalise import normalize_answer
 from .vote import cluster_answers, majority_answer
 
 __all__ = [
     "EXTRACTIONS",
     "MATCH_MODES",
+    "OWN_FALSE_POSITIVE_FIXES",
     "AnswerMatcher",
     "cluster_answers",
     "extract_boxed",
@@ -37,4 +38,5 @@ __all__ = [
     "last_box",
     "majority_answer",
     "normalize_answer",
+    "own_false_positive_fix",
 ]

@@ -1,5 +1,15 @@
 """Whether two final answers are the same answer: `AnswerMatcher` (string keys, or symmetric math-verify with safe
-timeouts, off the main thread in a helper process)."""
+timeouts, off the main thread in a helper process).
+
+THE RULE for everything this module adds before or around math-verify (keys, base subscripts, numbers side by side,
+exact rationals, the relative-tolerance guard, the probe rejection): it may only reject what math-verify would reject,
+or fix one of the project's own documented false positives, `OWN_FALSE_POSITIVE_FIXES`. Where math-verify says
+"equal" in both directions and the project says "different", `own_false_positive_fix(a, b)` names the documented fix
+responsible, and `tests/test_answer_classes.py` checks this class by class. The project may *accept* more than
+math-verify only where math-verify is one-sided about a true equality: an inequality against the same interval
+(`1 \\le x \\le 3` vs `[1, 3]`), which it accepts only with the inequality as gold unless
+`allow_set_relation_comp=True` (see `_one_way`).
+"""
 
 from __future__ import annotations
 
@@ -28,8 +38,13 @@ _PLAIN_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 _FRAC_NUMBER_RE = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}|(-?\d+)/(\d+)")
-#: a trailing base subscript (`1010_2`, `7_{8}`): math-verify drops it, so `10_2` would "equal" `10`
-_BASE_RE = re.compile(r"_\{?\s*(\d+|[A-Za-z]+)\s*\}?\s*$")
+#: a numeral written in a base: digits (and, in a base above 10, capital letter digits: `1A_{16}`), optionally
+#: parenthesised or with a radix point, with a numeric subscript: `1011_2`, `101_{2}`, `(12)_8`, `-101_2`, and each
+#: numeral of `10_2, 11_2`. It stands on its own -- not after a letter, digit, `_`, `^`, `}` or a command -- so index
+#: subscripts (`x_1 + x_2`, `F_n`, `a_{n+1}`, `x^2_1`, `\\log_2 8`) are never bases.
+_BASE_NUMBER_RE = re.compile(
+    r"(?<![0-9A-Za-z_^}\\.])\(?([0-9A-Z]{1,100}(?:\.[0-9A-Z]{1,100})?)\)?_(?:\{\(?(\d{1,2})\)?\}|(\d{1,2}))"
+)
 
 
 def _exact_rational(key: str):
@@ -53,9 +68,38 @@ def _exact_rational(key: str):
         return None
 
 
-def _base(answer: str) -> str | None:
-    m = _BASE_RE.search(answer.replace("$", ""))
-    return None if m is None else m.group(1)
+def _bases(key: str) -> tuple[int, ...]:
+    """The bases of the base numerals in a normalised key, in order: `1011_2` -> (2,), `10_2, 11_2` -> (2, 2),
+    `1011` / `x_1 + x_2` / `F_n` -> ().
+
+    math-verify drops a base subscript (`10_2` would equal `10`), so two answers whose bases differ are different
+    answers; a subscript that is an index (`x_1`, `F_n`, `a_{n+1}`) is no base and is left to math-verify."""
+    bases = []
+    for m in _BASE_NUMBER_RE.finditer(key):
+        digits, base = m.group(1).replace(".", ""), int(m.group(2) or m.group(3))
+        if not any(ch.isdigit() for ch in digits):
+            continue  # `A_1`, `B_2`: a name with an index
+        if not digits.isdigit() and (not 10 < base <= 36 or any(int(ch, 36) >= base for ch in digits)):
+            continue  # letters are digits only in a base above 10
+        bases.append(base)
+    return tuple(bases)
+
+
+def _numbers_side_by_side(key: str) -> bool:
+    """Whether a normalised key holds two numbers next to each other (a key keeps one space only between two digits:
+    `\\text{1 2}`, `3 \\quad 4`, `1 000 000`). math-verify's parser makes one number, or a product or sum, of them
+    (`\\text{1 2}` = 12, `3 4` = 7, `1 000 000` = 0): a documented false positive. A digit that is a subscript,
+    superscript or command argument before the space is no number of its own: `\\log_2 8`, `2^3 4`, `\\frac 1 2`
+    are one expression each, left to math-verify. Linear: each space walks back over its own digit run only."""
+    pos = key.find(" ")
+    while pos != -1:
+        i = pos
+        while i > 0 and (key[i - 1].isdigit() or key[i - 1] == "."):
+            i -= 1
+        if i == 0 or not (key[i - 1] in "_^" or key[i - 1].isalpha()):
+            return True
+        pos = key.find(" ", pos + 1)
+    return False
 
 
 def _plain_number(key: str):
@@ -185,14 +229,46 @@ def _differs_from_number(x, y) -> bool:
     return True
 
 
+def _is_inequality(expr) -> bool:
+    """An inequality (`x < 3`, `x \\ge 2`, `x \\ne 3`) or a chain of them (`1 \\le x \\le 3` is an `And`), not an
+    equation: the relations whose solution set an interval states."""
+    import sympy
+
+    if isinstance(expr, sympy.And):
+        return bool(expr.args) and all(_is_inequality(arg) for arg in expr.args)
+    return isinstance(expr, sympy.core.relational.Relational) and not isinstance(expr, sympy.Eq)
+
+
+def _is_interval_set(expr) -> bool:
+    """An interval or a union of intervals (`[1, 3]`, `(2, \\infty)`, `(0, 9) \\cup (9, 36)`), also stated as
+    `x \\in [1, 3]`. Not a finite set: math-verify compares an open interval with a two-element set or tuple as a
+    pair (`(-1, 1)` = `\\pm 1`), so an inequality turned into a set must never meet one."""
+    import sympy
+
+    if isinstance(expr, sympy.Eq) and isinstance(expr.lhs, sympy.Symbol):
+        expr = expr.rhs
+    if isinstance(expr, sympy.Union):
+        return bool(expr.args) and all(isinstance(arg, sympy.Interval) for arg in expr.args)
+    return isinstance(expr, sympy.Interval)
+
+
 def _one_way(gold: list, target: list, seconds: int | None, guard: bool) -> bool:
-    """math-verify's `verify(gold, target)` pair by pair, so a failing pair cannot hide the others."""
+    """math-verify's `verify(gold, target)` pair by pair, so a failing pair cannot hide the others.
+
+    An inequality against an interval is compared as its solution set in both directions: math-verify does that only
+    with the inequality as gold (`1 \\le x \\le 3` vs `[1, 3]`) unless `allow_set_relation_comp=True`, which is
+    passed only when the target is an inequality (`_is_inequality`) and the gold an interval or a union of intervals
+    (`_is_interval_set`), so the symmetric check accepts the pair both ways. It is exact set equality (`1 \\le x \\le
+    3` vs `[1, 4]`, `x < 3` vs `(-\\infty, 3]` stay different), never meets a finite set or tuple (math-verify's
+    one-way `-1 < x < 1` = `\\pm 1` stays rejected), and changes nothing else: the flag only affects a relation
+    against a set."""
     from math_verify import verify
 
     for g in gold:
         for t in target:
             try:
-                if verify(g, t, timeout_seconds=seconds, raise_on_error=True) and (
+                as_sets = _is_inequality(t) and _is_interval_set(g)
+                if verify(g, t, timeout_seconds=seconds, raise_on_error=True, allow_set_relation_comp=as_sets) and (
                     not guard or _close_enough(g, t, seconds)
                 ):
                     return True
@@ -229,6 +305,88 @@ def _equivalent(a: str, b: str, timeout: float | None) -> str:
         return "timeout"
     except Exception:
         return "error"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The project's own false-positive fixes (THE RULE in the module docstring)
+# --------------------------------------------------------------------------------------------------------------------
+
+#: Every class of pairs on which `AnswerMatcher("equivalent")` says "different" while math-verify alone says "equal" in
+#: both directions: name -> (what math-verify gets wrong, example pairs it accepts both ways). Nothing else may be
+#: rejected by the project; `own_false_positive_fix` names the class that decides a pair.
+OWN_FALSE_POSITIVE_FIXES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "base_subscript": (
+        "math-verify drops a base subscript, so a number in one base equals the same digits in another base or in "
+        "base 10; only a numeral of digits standing on its own with a numeric subscript is a base (`1011_2`, each of "
+        "`10_2, 11_2`); `x_1`, `F_n`, `a_{n+1}` are indices, left to math-verify",
+        (("10_2", "10"), ("7_8", "7_9"), ("101_{2}", "101"), ("12_2", "12_{3}"), ("1011_2", "1011"),
+         ("12_8", "12_9"), ("12_{8}", "12")),
+    ),
+    "numbers_side_by_side": (
+        "math-verify makes one number, a product or a sum of two numbers next to each other (`\\text{1 2}` = 12, "
+        "`3 4` = 7, `1 000 000` = 0); a digit that is a subscript, superscript or command argument (`\\log_2 8`) "
+        "is not a number of its own",
+        ((r"\text{1 2}", "12"), ("3 4", "7"), (r"3 \quad 4", "7"), ("1 000 000", "0")),
+    ),
+    "exact_rationals": (
+        "math-verify compares numbers rounded to 6 decimals, so `0.333333` equals `\\frac{1}{3}`; two rational "
+        "literals are decided by exact arithmetic",
+        (("0.333333", r"\frac{1}{3}"), ("0.3333333", "0.33333333"), ("-0.666667", r"-\frac{2}{3}"),
+         ("0.0001", "0.0001004")),
+    ),
+    "relative_tolerance": (
+        "math-verify's absolute 6-decimal rounding equates tiny values (math-verify #14): two numbers farther apart "
+        "than a relative 1e-4 are different",
+        ((r"\frac{1}{2^{99}}", r"\frac{1}{2^{98}}"), (r"\frac{1}{2004!}", r"\frac{1}{2006!}")),
+    ),
+}
+
+
+def _own_rejection(ka: str, kb: str) -> str | None:
+    """The documented fix that rejects two (different) normalised keys before any parsing, or None."""
+    if _bases(ka) != _bases(kb):
+        return "base_subscript"
+    if _numbers_side_by_side(ka) or _numbers_side_by_side(kb):
+        return "numbers_side_by_side"
+    return None
+
+
+def own_false_positive_fix(a: str, b: str, timeout: float | None = 5.0) -> str | None:
+    """The name of the `OWN_FALSE_POSITIVE_FIXES` class by which the `equivalent` matcher rejects `(a, b)` before or
+    around math-verify, or None when no such rejection applies (then the matcher's verdict is math-verify's, made
+    symmetric). A named fix may also agree with math-verify (`1` vs `2` is decided by exact arithmetic too); it only
+    matters where math-verify would say "equal" both ways. For audits and tests (`tests/test_answer_classes.py`);
+    never raises and never hangs: the math-verify step runs under its alarms on the main thread and is skipped
+    (undecided, None) off it."""
+    from math_verify.errors import TimeoutException
+
+    try:
+        ka, kb = normalize_answer(a), normalize_answer(b)
+        if not ka or not kb or ka == kb:
+            return None
+        reason = _own_rejection(ka, kb)
+        if reason is not None:
+            return reason
+        percent = "%" in a or "%" in b
+        x, y = _exact_rational(ka), _exact_rational(kb)
+        if x is not None and y is not None and not percent:
+            return "exact_rationals" if x != y else None
+        if percent:
+            return None
+        if timeout is not None and threading.current_thread() is not threading.main_thread():
+            return None  # math-verify's alarms only work in the main thread
+        seconds = _alarm_seconds(timeout)
+        (sa, pa), (sb, pb) = _parse(a, seconds), _parse(b, seconds)
+        if sa != "ok" or sb != "ok":
+            return None
+        from math_verify import verify
+
+        for g, t in [(g, t) for g in pa for t in pb] + [(t, g) for g in pa for t in pb]:
+            if verify(g, t, timeout_seconds=seconds) and not _close_enough(g, t, seconds):
+                return "relative_tolerance"
+    except (Exception, TimeoutException):  # math-verify's TimeoutException is a BaseException: undecided
+        return None
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -324,7 +482,9 @@ class AnswerMatcher:
     Args:
         mode: `"string"` compares `normalize_answer` keys (the paper's default); `"equivalent"` additionally asks
             math-verify whether the two are mathematically equal (`\\frac{1}{2}` vs `0.5`, `2\\sqrt{2}` vs
-            `\\sqrt{8}`, intervals, tuples), in both directions.
+            `\\sqrt{8}`, intervals, tuples), in both directions. What the project adds before or around
+            math-verify only rejects what math-verify would reject or fixes a documented false positive of its own
+            (`OWN_FALSE_POSITIVE_FIXES`; THE RULE in the module docstring).
         timeout: seconds allowed per math-verify stage (parse, each comparison), rounded up to whole seconds because
             math-verify uses `signal.alarm`. Signals only work in the main thread, and TRL runs async reward functions
             on a daemon thread, so off the main thread each check instead goes to a persistent helper process (started
@@ -385,10 +545,9 @@ class AnswerMatcher:
         if self.mode == "string":
             self.stats["rejected"] += 1
             return False
-        # A number in another base is a different answer from the same digits in base 10 (math-verify drops `_2`);
-        # two numbers side by side (a key keeps one space between them) are not one number, which math-verify's
-        # parser would make of them (`\text{1 2}` = 12): string keys decide both.
-        if _base(a) != _base(b) or " " in ka or " " in kb:
+        # The project's own false-positive fixes decided on the keys (`_own_rejection`): a base subscript that
+        # differs, numbers side by side. Nothing else is rejected before math-verify (see THE RULE above).
+        if _own_rejection(ka, kb) is not None:
             self.stats["rejected"] += 1
             return False
         # Two rational literals (no `%`, which normalisation strips but which changes the value) are decided by exact

@@ -12,7 +12,8 @@ _LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)(?![A-Za-z])")
 # `\\` (a row break) is consumed as a unit and kept, so its second backslash is never read as the start of `\ `.
 _SPACING_RE = re.compile(r"\\\\|\\[!,;:]|\\ |\\(?:displaystyle|q?quad)(?![A-Za-z])")
 _NEG_SPACE_RE = re.compile(r"(?<!\\)\\!")  # `\!` (negative thin space, `10,\!080`) separates nothing: dropped
-_THIN_THOUSANDS_RE = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")  # `10\,000`: a thin space used as thousands separator
+#: a run of digits grouped by thin spaces (`10\,000`, `3.141\,592`): joined when the grouping is well formed
+_THIN_GROUPS_RE = re.compile(r"(?<![\d.])(\d*\.\d+|\d+)((?:\\,\d{3})+)(?!\d)")
 _FRAC_VARIANT_RE = re.compile(r"\\[dt]frac(?![A-Za-z])")
 _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|°")
 _TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{")
@@ -24,7 +25,11 @@ _FRAC_ARG = r"(\{[^{}]*\}|[0-9A-Za-z])"
 _FRAC_RE = re.compile(r"\\frac" + _FRAC_ARG + _FRAC_ARG)
 _SQRT_RE = re.compile(r"\\sqrt([0-9A-Za-z])")
 _LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)\{,\}(?=\d)")
-_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+#: a well-formed thousands-separated number: a first group of 1-3 digits that does not start with 0, then groups of
+#: exactly 3 (`1,000`, `-12,345,678.5`). `0,500`, `01,000`, `1,00`, `1,0000` are not: a comma after a leading zero
+#: is a decimal comma or a list, never a separator, and those are left to math-verify.
+_THOUSANDS_RE = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
+_FIRST_GROUP_RE = re.compile(r"[1-9]\d{0,2}")
 
 
 def _braced(arg: str) -> str:
@@ -81,7 +86,7 @@ def _strip_outer_braces(s: str) -> str:
 def _normalize(s: str) -> str:
     s = s.strip()
     s = _LEFT_RIGHT_RE.sub("", s)
-    s = _THIN_THOUSANDS_RE.sub("", s)
+    s = _THIN_GROUPS_RE.sub(_join_thin_groups, s)
     s = _NEG_SPACE_RE.sub("", s)
     # Spacing commands become a space (not nothing): `3 \quad 4` must not turn into `34`.
     s = _SPACING_RE.sub(lambda m: m.group() if m.group() == "\\\\" else " ", s)
@@ -106,6 +111,14 @@ def _normalize(s: str) -> str:
     return s
 
 
+def _join_thin_groups(m: re.Match) -> str:
+    """`10\\,000` -> `10000` and the decimals `3.141\\,592` -> `3.141592`; `0\\,500` (a first group with a
+    leading zero, or longer than 3 digits) is left alone: it is not a thousands-grouped number."""
+    if "." in m.group(1) or _FIRST_GROUP_RE.fullmatch(m.group(1)):
+        return m.group(1) + m.group(2).replace("\\,", "")
+    return m.group()
+
+
 def _between_digits(m: re.Match, s: str) -> bool:
     return 0 < m.start() and m.end() < len(s) and s[m.start() - 1].isdigit() and s[m.end()].isdigit()
 
@@ -113,16 +126,20 @@ def _between_digits(m: re.Match, s: str) -> bool:
 def normalize_answer(answer: str) -> str:
     """Conservative Hendrycks-MATH-style (`strip_string`) normalisation: the paper's `string` match mode.
 
-    Exactly what it does, in order (this is more than the paper's plain string match, and README lists it too):
-    drops `\\left`/`\\right`; removes `\\,` used as a thousands separator (`10\\,000`); turns spacing commands
-    (`\\,` `\\;` `\\:` `\\ ` `\\quad` `\\qquad` `\\displaystyle`) into a space and drops `\\!`; `\\dfrac`/`\\tfrac` ->
-    `\\frac`; drops degree marks, `$`, `\\$`, `%`, `\\%`; unwraps `\\text{}`-like wrappers; removes whitespace
-    except one space between two digits (`3 \\quad 4` stays two numbers); drops trailing dots, a leading
-    single-letter `x =`, and matched outer braces; `.5` -> `0.5`; `\\frac12` -> `\\frac{1}{2}`; `\\sqrt2` ->
-    `\\sqrt{2}`; `1{,}000` / `1,000` -> `1000` only when no comma in the answer is followed by a space (`1, 234` is
-    a pair). It never rewrites values (`0.5` stays `0.5`, `1/2` stays `1/2`) and keeps `\\\\` row breaks:
-    value-level equivalence is the job of the `equivalent` mode. Linear time on any input (no nested rescans),
-    deterministic, cached, and never raises (non-strings give "", an internal error gives the stripped input).
+    Exactly what it does, in order (this is more than the paper's plain string match, and docs/answer-matching.md
+    lists it too):
+    drops `\\left`/`\\right`; removes `\\,` used as a thousands separator in well-formed groups (`10\\,000`);
+    turns spacing commands (`\\,` `\\;` `\\:` `\\ ` `\\quad` `\\qquad` `\\displaystyle`) into a space and drops
+    `\\!`; `\\dfrac`/`\\tfrac` -> `\\frac`; drops degree marks, `$`, `\\$`, `%`, `\\%`; unwraps `\\text{}`-like
+    wrappers; removes whitespace except one space between two digits (`3 \\quad 4` stays two numbers); drops trailing
+    dots, a leading single-letter `x =`, and matched outer braces; `.5` -> `0.5`; `\\frac12` -> `\\frac{1}{2}`;
+    `\\sqrt2` -> `\\sqrt{2}`; `1{,}000` / `1,000` -> `1000` only when no comma in the answer is followed by a space
+    (`1, 234` is a pair) and the groups are well formed: a first group of 1-3 digits not starting with 0, then groups
+    of exactly 3 (`0,500`, `01,000`, `1,00` stay as they are: a comma after a leading zero is a European decimal
+    comma or a list, never a separator, and math-verify reads it). It never rewrites values (`0.5` stays `0.5`, `1/2`
+    stays `1/2`) and keeps `\\\\` row breaks: value-level equivalence is the job of the `equivalent` mode. Linear
+    time on any input (no nested rescans), deterministic, cached, and never raises (non-strings give "", an internal
+    error gives the stripped input).
     """
     if not isinstance(answer, str):
         return ""

@@ -20,25 +20,27 @@ from collections.abc import Sequence
 from trl import ModelConfig
 
 from ..comparison.runner import RL_ARMS, CompareArguments, Comparison
-from ..config import CaTGRPOConfig
-from ..script_args import CaTScriptArguments
-from .train import ConfigError, _Parser, apply_prompts_per_step, read_checked_recipe
+from ..config import REMOVED_SETTINGS, CaTGRPOConfig
+from ..config.script_args import CaTScriptArguments
+from .common import CliError, CliParser, split_config
+from .train import ConfigError, read_recipe
 
 logger = logging.getLogger("cat_trl")
 
 
-def make_parser():
-    return _Parser((CompareArguments, CaTScriptArguments, CaTGRPOConfig, ModelConfig),
-                   prog="cat-trl compare CONFIG.yaml")
+def make_parser() -> CliParser:
+    """`train`'s parser (the same `CliParser`) with the `CompareArguments` keys."""
+    return CliParser((CompareArguments, CaTScriptArguments, CaTGRPOConfig, ModelConfig), "compare",
+                     removed=REMOVED_SETTINGS, what="recipe")
 
 
 def _parse(argv: list[str], recipe: dict):
+    """The four dataclasses from the checked `recipe` and the command line `argv` (without `--config`); a fresh
+    parser each time, since reading a recipe sets the parser's defaults."""
     try:
-        compare_args, script_args, args, model_args = make_parser().parse_args_and_config(
-            args=apply_prompts_per_step(argv, recipe))
-    except (ValueError, TypeError) as err:
-        raise ConfigError(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
-    return compare_args, script_args, args, model_args
+        return make_parser().parse(argv, config=recipe)
+    except CliError as err:
+        raise ConfigError(str(err)) from err
 
 
 def parse_args(argv: Sequence[str]):
@@ -48,7 +50,8 @@ def parse_args(argv: Sequence[str]):
     if "-h" in argv or "--help" in argv:
         make_parser().print_help()
         raise SystemExit(0)
-    recipe = read_checked_recipe(argv)
+    recipe = read_recipe(argv, make_parser())
+    argv = split_config(argv)[1]
     compare_args, _, base, _ = _parse(argv, recipe)
     if base.max_steps is None or base.max_steps < 1:
         raise ConfigError("cat-trl compare needs max_steps >= 1 (every arm trains the same number of steps)")

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..answers import EXTRACTIONS, MATCH_MODES
 from ..evaluation.testtime import METHODS
-from ..script_args import CaTScriptArguments
+from ..config.script_args import CaTScriptArguments
 from .common import (
     CliError,
     CliParser,
@@ -139,9 +139,12 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> tuple[EvalConfig, C
 def _rows(script_args, open_ended: bool) -> list[dict[str, Any]]:
     import json
 
-    from ..data import load_train_dataset
+    from ..data import GOLD_COLUMN, SOURCE_ROW_COLUMN, load_train_dataset
 
-    dataset = load_train_dataset(script_args)
+    dataset = load_train_dataset(script_args, source_rows=True)  # rows name their source line: the data is shuffled
+    if not open_ended and GOLD_COLUMN not in dataset.column_names:
+        raise ValueError(f"{script_args.dataset_name}: no gold answers; `cat-trl eval` scores methods against gold "
+                         "answers (set dataset_gold_column to the column that holds them).")
     rows = []
     for row in dataset:
         out = {"prompt": row["prompt"], "question": row.get("question"), "problem_id": row.get("problem_id")}
@@ -150,9 +153,9 @@ def _rows(script_args, open_ended: bool) -> list[dict[str, Any]]:
             out["example"] = {"prompt": conversation, "rubrics": json.loads(row["gold_rubrics"]),
                               "example_tags": row.get("example_tags") or [], "prompt_id": row.get("problem_id")}
         else:
-            if row.get("gold_answer") in (None, ""):
-                raise ValueError(f"{script_args.dataset_name}: row {len(rows)} has no gold answer; `cat-trl eval` "
-                                 "scores methods against gold answers (set dataset_gold_column).")
+            if row.get(GOLD_COLUMN) in (None, ""):
+                raise ValueError(f"{row[SOURCE_ROW_COLUMN]} has no gold answer; `cat-trl eval` scores methods "
+                                 "against gold answers (set dataset_gold_column, or drop the row).")
             out["gold_answer"] = str(row["gold_answer"])
         rows.append(out)
     if not rows:
@@ -165,7 +168,7 @@ def _scorer(config: EvalConfig, open_ended: bool, matcher, extract, device: str)
 
     if not open_ended:
         return AnswerScorer(matcher, extract)
-    from ..evaluation.healthbench_grader import HealthBenchGrader
+    from ..rubrics.healthbench_grader import HealthBenchGrader
 
     # run() refused a HealthBench config without a grader; a server is checked here, before any rollout is sampled
     return RubricGraderScorer(HealthBenchGrader(config.grader_engine(device, config.batch_size)))
@@ -219,7 +222,8 @@ def run(config: EvalConfig, script_args) -> dict[str, Any]:
                      temperature=config.temperature if config.anchor_temperature is None else config.anchor_temperature)
     selector = replace(sampling, max_new_tokens=config.selector_max_new_tokens, temperature=config.selector_temperature)
     template = config.synthesis_prompt or (FREEFORM_SYNTHESIS_PROMPT if open_ended else MATH_SYNTHESIS_PROMPT)
-    methods = build_methods(config.methods, engine, verifiable=not open_ended, matcher=matcher, extract=extract,
+    methods = build_methods(config.methods, engine, answer_extraction=None if open_ended else config.answer_extraction,
+                            matcher=matcher,
                             anchor_sampling=anchor, selector_sampling=selector, synthesis_template=template,
                             max_context_tokens=config.max_context, chat_template_kwargs=config.chat_template_kwargs,
                             seed=config.seed)

@@ -121,7 +121,7 @@ def _examples(args) -> list[dict]:
 def resolve_policy(policy: str) -> tuple[str, dict | None]:
     """(checkpoint to score, best-checkpoint record): a training output directory with `best_checkpoint.json`
     (`healthbench_validation`) resolves to the checkpoint with the best validation score."""
-    from .train import BEST_CHECKPOINT_FILE
+    from ..callbacks import BEST_CHECKPOINT_FILE
 
     record_path = os.path.join(policy, BEST_CHECKPOINT_FILE)
     if not os.path.isfile(record_path):
@@ -163,7 +163,7 @@ def _responses(args, examples: list[dict]) -> list[str]:
 
 
 def _grader(args):
-    from ..evaluation.healthbench_grader import (
+    from ..rubrics.healthbench_grader import (
         GRADER_PROMPT,
         GRADER_SAMPLING,
         HealthBenchGrader,
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, EngineError) as err:  # ValueError includes the CliError of parse_args
         print(f"cat-trl healthbench-eval: {err}", file=sys.stderr)
         return 2
-    from ..evaluation.healthbench_grader import format_score
+    from ..rubrics.healthbench_grader import format_score
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     responses_path = os.path.splitext(args.output)[0] + ".responses.jsonl"

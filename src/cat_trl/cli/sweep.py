@@ -13,7 +13,6 @@ Parameters reach every rank as CLI arguments (`${args}` -> `--key=value`), never
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -22,10 +21,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..config import derive_batch
 
 CAT_KEYS = ("prompts_per_step",)
 MACROS = ("${args}", "${interpreter}", "${env}", "${program}")
@@ -33,24 +35,6 @@ MACROS = ("${args}", "${interpreter}", "${env}", "${program}")
 
 class SweepError(ValueError):
     """A sweep definition or grid point that cannot run."""
-
-
-def derive_batch(num_generations: int, prompts_per_step: int, num_processes: int, steps_per_generation: int) -> int:
-    """per_device_train_batch_size such that one generation batch holds `prompts_per_step` prompts x G completions.
-
-    TRL: generation_batch_size = per_device_train_batch_size x num_processes x steps_per_generation."""
-    if min(num_generations, prompts_per_step, num_processes, steps_per_generation) < 1:
-        raise SweepError("G, prompts_per_step, num_processes and steps_per_generation must all be >= 1")
-    completions = prompts_per_step * num_generations
-    per_step = num_processes * steps_per_generation
-    if completions % per_step:
-        ok = [s for s in range(1, completions + 1) if completions % (num_processes * s) == 0]
-        raise SweepError(
-            f"G={num_generations} x prompts_per_step={prompts_per_step} = {completions} completions cannot be split "
-            f"over {num_processes} process(es) x steps_per_generation={steps_per_generation}; steps_per_generation "
-            f"values that work: {ok[:6]}"
-        )
-    return completions // per_step
 
 
 def _grid(parameters: dict[str, Any]) -> list[dict[str, Any]]:
@@ -80,24 +64,50 @@ def _num_processes(command: list[str]) -> int:
             return int(tok.split("=", 1)[1])
     for i, tok in enumerate(command):
         if tok == "--config_file" and i + 1 < len(command) and os.path.exists(command[i + 1]):
-            with open(command[i + 1]) as f:
-                return int((yaml.safe_load(f) or {}).get("num_processes", 1))
+            from .recipe import RecipeError, load_mapping
+
+            try:
+                config = load_mapping(command[i + 1], "the sweep command's accelerate config")
+            except RecipeError as err:
+                raise SweepError(str(err)) from None
+            return int(config.get("num_processes", 1))
     return 1
 
 
-def _recipe(command: list[str]) -> dict[str, Any]:
+def _trains(command: list[str]) -> bool:
+    """Whether the sweep command runs `cat-trl train` (`-m cat_trl.cli.train` or `cat-trl train`)."""
+    return "cat_trl.cli.train" in command or any(
+        a.endswith("cat-trl") and b == "train" for a, b in zip(command, command[1:]))
+
+
+def _recipe(command: list[str], parser=None) -> dict[str, Any]:
+    """The recipe of the sweep command's `--config PATH`, read like every recipe (`recipe.load_mapping`). When the
+    command runs `cat-trl train`, `parser` is train's own (`cli.train.make_parser()`): the recipe's keys and value
+    types are checked by it (`CliParser.check_config`), so a bad recipe fails here, before any run launches."""
     for i, tok in enumerate(command):
         if tok == "--config" and i + 1 < len(command):
             path = command[i + 1]
             if not os.path.exists(path):
                 raise SweepError(f"the sweep command's recipe {path} does not exist")
+            from .common import CliError
             from .recipe import RecipeError, load_mapping
 
             try:
-                return load_mapping(path, "the sweep command's recipe")
-            except RecipeError as err:
+                recipe = load_mapping(path, "the sweep command's recipe")
+                if parser is not None:
+                    checked = parser.check_config({k: v for k, v in recipe.items() if k != "env"},
+                                                  f"the sweep command's recipe {path}: ")
+                    recipe = {**recipe, **checked}
+            except (RecipeError, CliError) as err:
                 raise SweepError(str(err)) from None
+            return recipe
     raise SweepError("the sweep command must pass a recipe with `--config PATH`")
+
+
+def _train_parser():
+    from .train import make_parser
+
+    return make_parser()
 
 
 def load_sweep(path: str) -> dict[str, Any]:
@@ -120,9 +130,12 @@ def load_sweep(path: str) -> dict[str, Any]:
     prompts = sweep.get("prompts_per_step")
     if not isinstance(prompts, int) or prompts < 1:
         raise SweepError(f"{path}: `prompts_per_step` (a positive int, fixed across G) is required")
-    recipe = _recipe(command)
+    parser = _train_parser() if _trains(command) else None
+    recipe = _recipe(command, parser)
     try:
         processes = _num_processes(command)
+    except SweepError:
+        raise
     except (TypeError, ValueError, AttributeError) as err:
         raise SweepError(f"{path}: num_processes must be an integer ({err})") from None
     plan = []
@@ -130,14 +143,22 @@ def load_sweep(path: str) -> dict[str, Any]:
         try:
             spg = int(point.get("steps_per_generation", recipe.get("steps_per_generation")
                                 or recipe.get("gradient_accumulation_steps", 1)))
-            g = point["num_generations"]
-            if isinstance(g, bool) or not isinstance(g, int) and not (isinstance(g, str) and g.strip().isdigit()):
-                raise SweepError(f"num_generations must be an integer, got {g!r}")
-            batch = derive_batch(int(g), prompts, processes, spg)
         except (TypeError, ValueError) as err:
             raise SweepError(f"{path}: grid point {point}: steps_per_generation must be an integer ({err})") from None
-        except SweepError as err:
-            raise SweepError(f"{path}: grid point {point}: {err}") from err
+        g = point["num_generations"]
+        if isinstance(g, bool) or not isinstance(g, int) and not (isinstance(g, str) and g.strip().isdigit()):
+            raise SweepError(f"{path}: grid point {point}: num_generations must be an integer, got {g!r}")
+        try:  # the derivation every rank's CaTGRPOConfig makes (`prompts_per_step`)
+            batch = derive_batch(int(g), prompts, processes, spg)
+        except ValueError as err:
+            raise SweepError(f"{path}: grid point {point}: {err}") from None
+        if parser is not None:  # each run gets the point as `--key=value`: its keys and values must suit train
+            from .common import CliError
+
+            try:
+                parser.check_config(point, f"{path}: grid point {point}: ")
+            except CliError as err:
+                raise SweepError(str(err)) from None
         plan.append({"parameters": point, "per_device_train_batch_size": batch, "num_processes": processes})
     sweep["_plan"] = plan
     return sweep
@@ -227,7 +248,7 @@ def run_local(sweep: dict[str, Any], output_root: str, extra: Sequence[str] = ()
         if proc.returncode != 0:
             raise SweepError(f"run {entry['parameters']} failed with exit code {proc.returncode}")
         out = cmd[cmd.index("--output_dir") + 1]
-        history = json.loads(Path(out, "cat_history.json").read_text())
+        history = json.loads(Path(out, "trainer_state.json").read_text())["log_history"]
         times = [h["step_time"] for h in history if isinstance(h.get("step_time"), (int, float))]
         results.append({
             "G": entry["parameters"]["num_generations"],
@@ -245,27 +266,58 @@ def run_local(sweep: dict[str, Any], output_root: str, extra: Sequence[str] = ()
     return table
 
 
+@dataclass
+class SweepArguments:
+    """`cat-trl sweep SWEEP.yaml` settings (arguments after `--` are passed to every run, e.g. -- --max_steps 5)."""
+
+    local: bool = field(default=False, metadata={"help": "Run the grid here, sequentially, W&B offline."})
+    dry_run: bool = field(default=False, metadata={"help": "Check the grid and print the commands only."})
+    project: str = field(default_factory=lambda: os.environ.get("WANDB_PROJECT", "cat-trl"),
+                         metadata={"help": "W&B project of the sweep (default: WANDB_PROJECT, else cat-trl)."})
+    entity: str | None = field(default_factory=lambda: os.environ.get("WANDB_ENTITY"),
+                               metadata={"help": "W&B entity (default: WANDB_ENTITY)."})
+    output_root: str = field(default="outputs/sweeps", metadata={"help": "Where --local runs write."})
+
+
+_VALUE_FLAGS = {"--project", "--entity", "--output_root", "--output-root", "--config"}
+
+
+def make_parser():
+    """The parser every command uses (`CliParser`), over `SweepArguments`."""
+    from .common import CliParser
+
+    return CliParser([SweepArguments], "sweep")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="cat-trl sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep")
-    p.add_argument("--local", action="store_true", help="run the grid here, sequentially, W&B offline")
-    p.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "cat-trl"))
-    p.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"))
-    p.add_argument("--output_root", default="outputs/sweeps")
-    p.add_argument("--dry_run", action="store_true", help="check the grid and print the commands only")
-    p.epilog = "Arguments after `--` are passed to every run (e.g. -- --max_steps 5)."
+    from .common import CliError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
-    args, extra = p.parse_args(argv[:cut]), argv[cut + 1 :]
+    head, extra = argv[:cut], argv[cut + 1 :]
+    if not head or "-h" in head or "--help" in head:
+        make_parser().print_settings(__doc__)
+        return 0 if head else 2
+    # the sweep file: the first argument that is not a flag nor a flag's value
+    at = next((i for i, a in enumerate(head) if not a.startswith("-") and (i == 0 or head[i - 1] not in _VALUE_FLAGS)),
+              None)
     try:
-        sweep = load_sweep(args.sweep)
+        if at is None:
+            raise CliError("missing the sweep file: cat-trl sweep SWEEP.yaml [--local] [--dry_run] [-- run args]")
+        (args,) = make_parser().parse(head[:at] + head[at + 1 :])
+    except CliError as err:
+        print(f"cat-trl sweep: {err}", file=sys.stderr)
+        return 2
+    sweep_path = head[at]
+    try:
+        sweep = load_sweep(sweep_path)
     except (SweepError, OSError, yaml.YAMLError) as err:
         print(f"cat-trl sweep: {err}", file=sys.stderr)
         return 2
     for entry in sweep["_plan"]:
         print(f"  {entry['parameters']} -> per_device_train_batch_size={entry['per_device_train_batch_size']} "
               f"on {entry['num_processes']} process(es)")
-    root = os.path.join(args.output_root, sweep.get("name", Path(args.sweep).stem))
+    root = os.path.join(args.output_root, sweep.get("name", Path(sweep_path).stem))
     if args.dry_run:
         for cmd in local_commands(sweep, root, extra):
             print("$ " + shlex.join(cmd))

@@ -16,6 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..answers import AnswerMatcher
+from ..distributed import params_sharded
 from ..engines.base import Engine, SamplingSettings
 from ..evaluation.testtime import mean_se
 
@@ -131,7 +132,7 @@ def policy_engine(model, tokenizer, batch_size: int | None = None, accelerator=N
     with every rank running the same number of micro-batches (`synced_gpus`), as the sharded anchor does."""
     from ..engines.transformers_engine import TransformersEngine
 
-    if accelerator is None or accelerator.num_processes < 2 or not _sharded(accelerator):
+    if accelerator is None or not params_sharded(accelerator):
         return TransformersEngine(model, tokenizer, batch_size=batch_size, name="policy")
     from ..trl_compat import unwrap_for_generation
 
@@ -139,15 +140,6 @@ def policy_engine(model, tokenizer, batch_size: int | None = None, accelerator=N
                               name="policy", collective=True,
                               max_context_tokens=getattr(getattr(model, "config", None), "max_position_embeddings",
                                                          None))
-
-
-def _sharded(accelerator) -> bool:
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
 
 
 class HeldOutEvalCallback(TrainerCallback):

@@ -326,7 +326,7 @@ class Comparison:
     # ------------------------------------------------------------------ arms
 
     def _model_path(self, model_args) -> str:
-        from ..models import resolve_model_path
+        from ..embedded_model import resolve_model_path
 
         return resolve_model_path(model_args.model_name_or_path)
 
@@ -398,8 +398,8 @@ class Comparison:
 
         from ..engines.base import SamplingSettings
         from ..engines.factory import EngineSpec, build_engine
-        from ..estimators.synthesis import SynthesisEstimator
-        from ..from_config import anchor_sampling
+        from ..estimators import build_estimator
+        from ..components import estimator_spec
         from .cat_sft import build_cat_sft_rows
 
         ca = self.compare_args
@@ -417,9 +417,7 @@ class Comparison:
                                       batch_size=args.cat_anchor_batch_size, max_context=args.cat_anchor_max_context))
         policy_sampling = SamplingSettings(max_new_tokens=args.max_completion_length, temperature=args.temperature,
                                            top_p=args.top_p, top_k=args.top_k or 0, min_p=args.min_p, seed=args.seed)
-        estimator = SynthesisEstimator(pi0, anchor_sampling(args), template=args.synthesis_template,
-                                       max_context_tokens=args.cat_anchor_max_context,
-                                       chat_template_kwargs=args.chat_template_kwargs, extract_answer=self.extract)
+        estimator = build_estimator(estimator_spec(args, "synthesis", ), pi0)
         sft_rows, stats = build_cat_sft_rows(pi0, questions, args.num_generations, policy_sampling, estimator,
                                              args.chat_template_kwargs)
         val_rows, val_stats = build_cat_sft_rows(pi0, validation_questions, args.num_generations, policy_sampling,

@@ -13,10 +13,10 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from cat_trl.data.prompts import DEFAULT_INSTRUCTION, build_messages, question_text
-from cat_trl.labels import GOLD_COLUMN  # diagnostic-only column; the trainer strips it before computing rewards
+from cat_trl.data.labels import GOLD_COLUMN  # diagnostic-only column; the trainer strips it before computing rewards
 
 __all__ = ["GOLD_COLUMN", "load_generic", "load_raw", "looks_like_local_path", "read_jsonl", "resolve_local",
-           "to_contract"]
+           "row_locations", "to_contract"]
 
 ID_COLUMNS = ("id", "problem_id", "unique_id")
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -62,6 +62,40 @@ def read_jsonl(path: str) -> list[tuple[int, Any]]:
                 raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno}); a "
                                  "truncated or hand-edited line?") from None
     return rows
+
+
+def _jsonl_file(name_or_path: str) -> str | None:
+    """The local path when `name_or_path` is a JSON Lines file, else None."""
+    path = os.path.expanduser(name_or_path)
+    return path if path.lower().endswith(".jsonl") and os.path.isfile(path) else None
+
+
+def _jsonl_lines(path: str) -> list[int]:
+    """1-based line numbers of the rows of a JSON Lines file: its non-blank lines (the JSON builder skips the
+    blank ones)."""
+    with open(path, "rb") as f:
+        return [number for number, raw in enumerate(f, start=1) if raw.strip()]
+
+
+def row_locations(name_or_path: str, count: int) -> list[str]:
+    """Where each of the `count` rows `load_raw(name_or_path)` returns is in its source, for messages about a row
+    after the rows were shuffled or sampled: `data.jsonl, line 7` for a local JSON Lines file (the file's own line),
+    else `NAME, row 12 (0-based, source order)`."""
+    path = _jsonl_file(name_or_path)
+    if path is not None:
+        lines = _jsonl_lines(path)
+        if len(lines) == count:
+            return [f"{name_or_path}, line {n}" for n in lines]
+    return [f"{name_or_path}, row {i} (0-based, source order)" for i in range(count)]
+
+
+def _line_note(source: str, row: int) -> str:
+    """` (line 7)` for row `row` of a local JSON Lines file, else nothing."""
+    path = _jsonl_file(source)
+    if path is None:
+        return ""
+    lines = _jsonl_lines(path)
+    return f" (line {lines[row]})" if row < len(lines) else ""
 
 
 def _check_text_file(path: str, ext: str) -> None:
@@ -136,11 +170,12 @@ def to_contract(
     prompts, questions = [], []
     for i, raw in enumerate(dataset[prompt_column]):
         if raw is None or (isinstance(raw, str) and not raw.strip()) or (isinstance(raw, list) and not raw):
-            raise ValueError(f"Row {i} of dataset {source!r} has an empty {prompt_column!r}.")
+            raise ValueError(f"Row {i} of dataset {source!r}{_line_note(source, i)} has an empty {prompt_column!r}.")
         try:
             prompts.append(build_messages(raw, instruction, system_prompt))
         except ValueError as err:
-            raise ValueError(f"Row {i} of dataset {source!r}, column {prompt_column!r}: {err}") from err
+            raise ValueError(f"Row {i} of dataset {source!r}{_line_note(source, i)}, column {prompt_column!r}: "
+                             f"{err}") from err
         questions.append(question_text(raw))
     columns: dict[str, Any] = {
         "prompt": prompts,

@@ -20,7 +20,7 @@ from typing import Any
 from datasets import Dataset
 
 from cat_trl.data.prompts import question_text
-from cat_trl.labels import GOLD_RUBRICS_COLUMN
+from cat_trl.data.labels import GOLD_RUBRICS_COLUMN
 
 __all__ = ["HEALTHBENCH_FILES", "HEALTHBENCH_HUB_ID", "load_healthbench", "read_healthbench", "split_healthbench"]
 

@@ -15,7 +15,10 @@ Callers always hand over *everything* a step needs in one call, so that an engin
 
 from __future__ import annotations
 
+import contextlib
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -104,6 +107,24 @@ class EngineStats:
         }
 
 
+class CallRecord:
+    """What one engine call did, reported from inside `Engine.counted_call()`: `generated(...)` for a generation
+    call, `scored(...)` for a forward-only one (log-probs of given text, next-token log-probs). Unreported: counted as
+    a scoring call of nothing (the call and its time still count)."""
+
+    def __init__(self):
+        self.generations: list[Generation] | None = None
+        self.sequences = 0
+        self.prompt_tokens = 0
+
+    def generated(self, generations: list[Generation]) -> list[Generation]:
+        self.generations = generations
+        return generations
+
+    def scored(self, sequences: int, prompt_tokens: int = 0) -> None:
+        self.sequences, self.prompt_tokens = sequences, prompt_tokens
+
+
 class Engine(ABC):
     """A chat model that CaT can call. Subclasses: `TransformersEngine` (here), vLLM and OpenAI-compatible engines."""
 
@@ -112,6 +133,22 @@ class Engine(ABC):
 
     def __init__(self):
         self.stats = EngineStats()
+
+    @contextlib.contextmanager
+    def counted_call(self) -> Iterator[CallRecord]:
+        """Times one engine call and adds it to `stats` when the block completes (a failed call is not counted):
+
+            with self.counted_call() as call:
+                results = call.generated([...])   # or: call.scored(sequences, prompt_tokens)
+        """
+        call = CallRecord()
+        start = time.perf_counter()
+        yield call
+        seconds = time.perf_counter() - start
+        if call.generations is not None:
+            self.stats.add_call(call.generations, seconds)
+        else:
+            self.stats.add_scoring_call(call.sequences, call.prompt_tokens, seconds)
 
     @abstractmethod
     def generate(

@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..distributed import full_weights_on_every_rank
+from ..distributed import full_weights_on_every_rank, params_sharded
 from .base import Engine
 
 if TYPE_CHECKING:
@@ -102,11 +102,11 @@ def build_engine(spec: EngineSpec, trainer: GRPOTrainer | None = None) -> Engine
     if spec.kind == "vllm":
         return _vllm_engine(spec, trainer)
     if spec.weights == "copy":
-        from ..models import resolve_model_path
+        from ..embedded_model import resolve_model_path
         from .transformers_engine import TransformersEngine
 
         # Under ZeRO-3, transformers partitions every model it loads (zero.Init): the copy is sharded too.
-        collective = trainer is not None and _is_zero3(trainer) and trainer.accelerator.num_processes > 1
+        collective = trainer is not None and _is_zero3(trainer.accelerator)
         # Under FSDP nothing prepares the copy: it must load its real weights on every rank (see distributed.py).
         with full_weights_on_every_rank():
             return TransformersEngine.from_pretrained(
@@ -139,7 +139,7 @@ def _shared_transformers_engine(spec: EngineSpec, trainer) -> Engine:
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)  # processors wrap one
     # Policy-sharing anchors are sharded under FSDP / ZeRO-3: their forward passes are collectives, so the engine
     # keeps all ranks at the same number of micro-batches.
-    sharded = trainer.accelerator.num_processes > 1 and (trainer.is_fsdp_enabled or _is_zero3(trainer))
+    sharded = params_sharded(trainer.accelerator)
     if spec.weights == "peft_base":
 
         @contextlib.contextmanager
@@ -174,12 +174,13 @@ def _vllm_engine(spec: EngineSpec, trainer) -> Engine:
 
     checkpoint = None
     if spec.weights == "copy":
-        from ..models import resolve_model_path
+        from ..embedded_model import resolve_model_path
 
         checkpoint = resolve_model_path(_copy_source(spec, trainer))
     return build_vllm_anchor(trainer, spec.weights, checkpoint, spec.vllm_offload, max_context=spec.max_context)
 
 
-def _is_zero3(trainer) -> bool:
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    return bool(trainer.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
+def _is_zero3(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return params_sharded(accelerator) and accelerator.distributed_type == DistributedType.DEEPSPEED

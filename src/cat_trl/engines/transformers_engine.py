@@ -16,7 +16,6 @@ generation.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -179,22 +178,22 @@ class TransformersEngine(TokenizerBudget, Engine):
     ) -> list[Generation]:
         if not conversations and not self.collective:
             return []
-        start = time.perf_counter()
-        prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
-        # Sort by length so each micro-batch pads little; results are put back in the caller's order.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: list[Generation | None] = [None] * len(prompts)
-        with self._model() as model, self._seeded(model, sampling.seed):
-            eos = self._eos_ids(model)
-            config = self._generation_config(sampling, eos)
-            for idx in self._plan(order):
-                if idx is None:  # no-op micro-batch: keeps this rank in step with the others
-                    self._generate_batch(model, [self._noop_prompt()], config, eos)
-                    continue
-                batch = [prompts[i] for i in idx]
-                for i, gen in zip(idx, self._generate_batch(model, batch, config, eos, sampling.stop)):
-                    results[i] = gen
-        self.stats.add_call(results, time.perf_counter() - start)
+        with self.counted_call() as call:
+            prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
+            # Sort by length so each micro-batch pads little; results are put back in the caller's order.
+            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+            results: list[Generation | None] = [None] * len(prompts)
+            with self._model() as model, self._seeded(model, sampling.seed):
+                eos = self._eos_ids(model)
+                config = self._generation_config(sampling, eos)
+                for idx in self._plan(order):
+                    if idx is None:  # no-op micro-batch: keeps this rank in step with the others
+                        self._generate_batch(model, [self._noop_prompt()], config, eos)
+                        continue
+                    batch = [prompts[i] for i in idx]
+                    for i, gen in zip(idx, self._generate_batch(model, batch, config, eos, sampling.stop)):
+                        results[i] = gen
+            call.generated(results)
         return results  # type: ignore[return-value]
 
     def _plan(self, order: list[int]) -> list[list[int] | None]:
@@ -332,48 +331,49 @@ class TransformersEngine(TokenizerBudget, Engine):
             raise ValueError(f"{len(conversations)} conversations but {len(continuations)} continuations")
         if not conversations and not self.collective:
             return []
-        start = time.perf_counter()
-        pairs = []
-        for conv, cont in zip(conversations, continuations):
-            prompt = self._prompt_ids(conv, chat_template_kwargs)
-            pairs.append((prompt, self.tokenizer(cont, add_special_tokens=False)["input_ids"]))
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-        results: list[list[float]] = [[] for _ in pairs]
-        with self._model() as model:
-            device = next(model.parameters()).device
-            pad = self.tokenizer.pad_token_id
-            for idx in self._plan(order):
-                if idx is None:
-                    model(input_ids=torch.tensor([self._noop_prompt()], device=device))
-                    continue
-                seqs = [pairs[i][0] + pairs[i][1] for i in idx]
-                width = max(len(s) for s in seqs)
-                # Left padding puts every continuation at the right edge, so only the last `keep` positions need
-                # logits (vocab x prompt length is never materialised), and log p = logit - logsumexp avoids a
-                # full log-softmax tensor (faster than right padding + log-softmax: benchmarks/run.py measures it).
-                ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-                mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                longest = max(len(pairs[i][1]) for i in idx)
-                if longest == 0:  # nothing to score; a sharded model still takes part in the collective forward
-                    if self.collective:
+        with self.counted_call() as call:
+            pairs = []
+            for conv, cont in zip(conversations, continuations):
+                prompt = self._prompt_ids(conv, chat_template_kwargs)
+                pairs.append((prompt, self.tokenizer(cont, add_special_tokens=False)["input_ids"]))
+            order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+            results: list[list[float]] = [[] for _ in pairs]
+            with self._model() as model:
+                device = next(model.parameters()).device
+                pad = self.tokenizer.pad_token_id
+                for idx in self._plan(order):
+                    if idx is None:
                         model(input_ids=torch.tensor([self._noop_prompt()], device=device))
-                    continue
-                keep = longest + 1
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-                logits = logits[:, :-1]  # position t predicts token t + 1: the last kept position predicts nothing
-                targets = ids[:, width - longest :]
-                for row, i in enumerate(idx):
-                    # Row by row, and only the row's own continuation positions: the float32 copy logsumexp needs
-                    # is continuation x vocab, never batch x longest x vocab (GBs at 150k vocab, 1.5k tokens).
-                    c = len(pairs[i][1])
-                    if not c:
-                        results[i] = []
                         continue
-                    row_logits = logits[row, longest - c :]
-                    picked = row_logits.gather(-1, targets[row, longest - c :, None]).squeeze(-1).float()
-                    results[i] = (picked - torch.logsumexp(row_logits.float(), dim=-1)).tolist()
-        self.stats.add_scoring_call(len(pairs), sum(len(p) + len(c) for p, c in pairs), time.perf_counter() - start)
+                    seqs = [pairs[i][0] + pairs[i][1] for i in idx]
+                    width = max(len(s) for s in seqs)
+                    # Left padding puts every continuation at the right edge, so only the last `keep` positions need
+                    # logits (vocab x prompt length is never materialised), and log p = logit - logsumexp avoids a
+                    # full log-softmax tensor (faster than right padding + log-softmax: benchmarks/run.py measures it).
+                    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+                    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+                    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                    longest = max(len(pairs[i][1]) for i in idx)
+                    if longest == 0:  # nothing to score; a sharded model still takes part in the collective forward
+                        if self.collective:
+                            model(input_ids=torch.tensor([self._noop_prompt()], device=device))
+                        continue
+                    keep = longest + 1
+                    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                   logits_to_keep=keep).logits
+                    logits = logits[:, :-1]  # position t predicts token t + 1: the last kept position predicts nothing
+                    targets = ids[:, width - longest :]
+                    for row, i in enumerate(idx):
+                        # Row by row, and only the row's own continuation positions: the float32 copy logsumexp needs
+                        # is continuation x vocab, never batch x longest x vocab (GBs at 150k vocab, 1.5k tokens).
+                        c = len(pairs[i][1])
+                        if not c:
+                            results[i] = []
+                            continue
+                        row_logits = logits[row, longest - c :]
+                        picked = row_logits.gather(-1, targets[row, longest - c :, None]).squeeze(-1).float()
+                        results[i] = (picked - torch.logsumexp(row_logits.float(), dim=-1)).tolist()
+            call.scored(len(pairs), sum(len(p) + len(c) for p, c in pairs))
         return results
 
     def next_token_logprobs(
@@ -384,56 +384,56 @@ class TransformersEngine(TokenizerBudget, Engine):
     ) -> list[dict[str, float]]:
         if not conversations and not self.collective:
             return []
-        start = time.perf_counter()
-        # First token of every spelling of every candidate; a token shared by two candidates counts for neither.
-        first: dict[str, set[int]] = {}
-        for cand in candidates:
-            first[cand] = {
-                ids[0] for v in word_variants(cand) if (ids := self.tokenizer(v, add_special_tokens=False)["input_ids"])
-            }
-        for cand in candidates:
-            others = set().union(*(first[c] for c in candidates if c != cand))
-            first[cand] -= others
-            if not first[cand]:
-                raise ValueError(f"candidate {cand!r} has no first token distinct from the other candidates")
-        prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
-        results: list[dict[str, float]] = [{} for _ in prompts]
+        with self.counted_call() as call:
+            # First token of every spelling of every candidate; a token shared by two candidates counts for neither.
+            first: dict[str, set[int]] = {}
+            for cand in candidates:
+                first[cand] = {ids[0] for v in word_variants(cand)
+                               if (ids := self.tokenizer(v, add_special_tokens=False)["input_ids"])}
+            for cand in candidates:
+                others = set().union(*(first[c] for c in candidates if c != cand))
+                first[cand] -= others
+                if not first[cand]:
+                    raise ValueError(f"candidate {cand!r} has no first token distinct from the other candidates")
+            prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
+            results: list[dict[str, float]] = [{} for _ in prompts]
 
-        def record(i: int, logits: torch.Tensor) -> None:
-            logps = torch.log_softmax(logits.float(), dim=-1)
-            results[i] = {cand: torch.logsumexp(logps[sorted(first[cand])], dim=0).item() for cand in candidates}
+            def record(i: int, logits: torch.Tensor) -> None:
+                logps = torch.log_softmax(logits.float(), dim=-1)
+                results[i] = {cand: torch.logsumexp(logps[sorted(first[cand])], dim=0).item() for cand in candidates}
 
-        # A judge asks n criteria about the same (conversation, response): those prompts share a long token prefix.
-        # Its KV cache is computed once and reused for every suffix (criterion + question). Sharded (collective)
-        # models keep the plain path, whose forward count is padded across ranks.
-        groups = [] if self.collective or not self.share_prefixes else _prefix_groups(prompts, self.min_shared_prefix)
-        grouped = {i for _, members in groups for i in members}
-        order = sorted((i for i in range(len(prompts)) if i not in grouped), key=lambda i: len(prompts[i]))
-        with self._model() as model:
-            device = next(model.parameters()).device
-            pad = self.tokenizer.pad_token_id
-            if groups:
-                self._shared_prefix_logits(model, device, pad, prompts, groups, record)
-                self.stats.extra["shared_prefix_tokens_saved"] = self.stats.extra.get(
-                    "shared_prefix_tokens_saved", 0) + sum(shared * (len(m) - 1) for shared, m in groups)
-            for idx in self._plan(order):
-                if idx is None:
-                    model(input_ids=torch.tensor([self._noop_prompt()], device=device))
-                    continue
-                width = max(len(prompts[i]) for i in idx)
-                # Left padding: the next-token distribution of every row sits in the last column.
-                ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
-                mask = torch.tensor(
-                    [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=device
-                )
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                # logits_to_keep=1: only the last position's logits are materialised (vocab x length would not fit).
-                logits = model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
-                ).logits[:, -1]
-                for row, i in enumerate(idx):
-                    record(i, logits[row])
-        self.stats.add_scoring_call(len(prompts), sum(len(p) for p in prompts), time.perf_counter() - start)
+            # A judge asks n criteria about the same (conversation, response): those prompts share a long token prefix.
+            # Its KV cache is computed once and reused for every suffix (criterion + question). Sharded (collective)
+            # models keep the plain path, whose forward count is padded across ranks.
+            shareable = self.share_prefixes and not self.collective
+            groups = _prefix_groups(prompts, self.min_shared_prefix) if shareable else []
+            grouped = {i for _, members in groups for i in members}
+            order = sorted((i for i in range(len(prompts)) if i not in grouped), key=lambda i: len(prompts[i]))
+            with self._model() as model:
+                device = next(model.parameters()).device
+                pad = self.tokenizer.pad_token_id
+                if groups:
+                    self._shared_prefix_logits(model, device, pad, prompts, groups, record)
+                    self.stats.extra["shared_prefix_tokens_saved"] = self.stats.extra.get(
+                        "shared_prefix_tokens_saved", 0) + sum(shared * (len(m) - 1) for shared, m in groups)
+                for idx in self._plan(order):
+                    if idx is None:
+                        model(input_ids=torch.tensor([self._noop_prompt()], device=device))
+                        continue
+                    width = max(len(prompts[i]) for i in idx)
+                    # Left padding: the next-token distribution of every row sits in the last column.
+                    ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
+                    mask = torch.tensor(
+                        [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=device
+                    )
+                    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                    # logits_to_keep=1: only the last position's logits are materialised (vocab x length would not fit).
+                    logits = model(
+                        input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+                    ).logits[:, -1]
+                    for row, i in enumerate(idx):
+                        record(i, logits[row])
+            call.scored(len(prompts), sum(len(p) for p in prompts))
         return results
 
 

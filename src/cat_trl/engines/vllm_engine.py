@@ -26,20 +26,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from ..trl_compat import (
+    colocated_llm,
+    fsdp_version,
     load_weights_into_vllm,
     mark_policy_stale,
     policy_syncs,
     set_weights_sleeping,
+    sleep_mode_enabled,
     vllm_max_model_len,
     vllm_param_gather,
     vllm_tp_group,
+    vllm_tp_size,
 )
 from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget
 
@@ -180,7 +183,7 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
             from vllm import SamplingParams as sampling_params_cls  # noqa: N813
         self.sampling_params_cls = sampling_params_cls
         if max_model_len is None:
-            max_model_len = vllm_max_model_len(self.vg.llm)
+            max_model_len = vllm_max_model_len(self.llm)
         self._max_context = max_model_len
         self.weight_loads = 0
 
@@ -194,18 +197,22 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
 
     @property
     def llm(self):
-        return self.vg.llm
+        return colocated_llm(self.vg)
+
+    @property
+    def _sleeps(self) -> bool:
+        return sleep_mode_enabled(self.vg)
 
     def _load_anchor(self) -> None:
         """pi_0's weights into the engine (after waking its weights in sleep mode), then a clean prefix cache: cached
         KV blocks of the policy's prompts must not be reused under other weights. Skipped while pi_0 is still
         resident (see `_pi0_loaded_at`)."""
         syncs = policy_syncs(self.vg)
-        if self._pi0_loaded_at is not None and syncs == self._pi0_loaded_at and not self.vg.enable_sleep_mode:
+        if self._pi0_loaded_at is not None and syncs == self._pi0_loaded_at and not self._sleeps:
             self.skipped_loads += 1
             return
         self._pi0_loaded_at = None
-        if self.vg.enable_sleep_mode:
+        if self._sleeps:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self.llm.wake_up(tags=["weights"])
@@ -235,7 +242,7 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
 
     def _run(self, prompt_ids: list[list[int]], params) -> list[Any]:
         """One `generate` on the anchor's weights, the whole borrow/return protocol around it."""
-        tp = getattr(self.vg, "tensor_parallel_size", 1) or 1
+        tp = vllm_tp_size(self.vg)
         self._load_anchor()
         try:
             if tp > 1:  # a TP group runs one engine: every rank must submit the same prompts
@@ -244,7 +251,7 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
                 all_ids = [p for chunk in gathered for p in chunk]
             else:
                 all_ids = prompt_ids
-            if self.vg.enable_sleep_mode:
+            if self._sleeps:
                 self.llm.wake_up(tags=["kv_cache"])
             outputs = (self.llm.generate([{"prompt_token_ids": ids} for ids in all_ids], sampling_params=params,
                                          use_tqdm=False) if all_ids else [])
@@ -254,7 +261,7 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
                 outputs = outputs[start : start + len(prompt_ids)]
             return outputs
         finally:
-            if self.vg.enable_sleep_mode:
+            if self._sleeps:
                 self.llm.sleep(level=2)
                 set_weights_sleeping(self.vg, True)
             self.mark_policy_stale()
@@ -265,17 +272,18 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
         sampling: SamplingSettings,
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[Generation]:
-        start = time.perf_counter()
-        prompt_ids = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
-        outputs = self._run(prompt_ids, self._sampling_params(sampling))
-        results = []
-        for ids, out in zip(prompt_ids, outputs):
-            completion = out.outputs[0]
-            text = completion.text if getattr(completion, "text", None) is not None else self.tokenizer.decode(
-                completion.token_ids, skip_special_tokens=True)
-            results.append(Generation(text=text, prompt_tokens=len(ids), completion_tokens=len(completion.token_ids),
-                                      finish_reason=completion.finish_reason or "stop"))
-        self.stats.add_call(results, time.perf_counter() - start)
+        with self.counted_call() as call:
+            prompt_ids = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
+            outputs = self._run(prompt_ids, self._sampling_params(sampling))
+            results = []
+            for ids, out in zip(prompt_ids, outputs):
+                completion = out.outputs[0]
+                text = completion.text if getattr(completion, "text", None) is not None else self.tokenizer.decode(
+                    completion.token_ids, skip_special_tokens=True)
+                results.append(Generation(text=text, prompt_tokens=len(ids),
+                                          completion_tokens=len(completion.token_ids),
+                                          finish_reason=completion.finish_reason or "stop"))
+            call.generated(results)
         return results
 
     def logprobs(
@@ -287,21 +295,22 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
         """Continuation log-probs via vLLM's `prompt_logprobs` (one prefill, one dummy decoded token)."""
         if len(conversations) != len(continuations):
             raise ValueError(f"{len(conversations)} conversations but {len(continuations)} continuations")
-        start = time.perf_counter()
-        pairs = [(self._prompt_ids(c, chat_template_kwargs), self.tokenizer(t, add_special_tokens=False)["input_ids"])
-                 for c, t in zip(conversations, continuations)]
-        params = self._sampling_params(SamplingSettings(max_new_tokens=1, temperature=0.0), prompt_logprobs=0)
-        outputs = self._run([p + c for p, c in pairs], params)
-        results = []
-        for (p, c), out in zip(pairs, outputs):
-            per_position = out.prompt_logprobs or []
-            row = []
-            for k, token in enumerate(c):
-                entry = per_position[len(p) + k] if len(p) + k < len(per_position) else None
-                lp = entry.get(token) if entry else None
-                row.append(float(getattr(lp, "logprob", lp)) if lp is not None else float("-inf"))
-            results.append(row)
-        self.stats.add_scoring_call(len(pairs), sum(len(p) + len(c) for p, c in pairs), time.perf_counter() - start)
+        with self.counted_call() as call:
+            pairs = [(self._prompt_ids(c, chat_template_kwargs),
+                      self.tokenizer(t, add_special_tokens=False)["input_ids"])
+                     for c, t in zip(conversations, continuations)]
+            params = self._sampling_params(SamplingSettings(max_new_tokens=1, temperature=0.0), prompt_logprobs=0)
+            outputs = self._run([p + c for p, c in pairs], params)
+            results = []
+            for (p, c), out in zip(pairs, outputs):
+                per_position = out.prompt_logprobs or []
+                row = []
+                for k, token in enumerate(c):
+                    entry = per_position[len(p) + k] if len(p) + k < len(per_position) else None
+                    lp = entry.get(token) if entry else None
+                    row.append(float(getattr(lp, "logprob", lp)) if lp is not None else float("-inf"))
+                results.append(row)
+            call.scored(len(pairs), sum(len(p) + len(c) for p, c in pairs))
         return results
 
 
@@ -345,7 +354,7 @@ def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str
     anchor's context below the engine's `max_model_len` (a larger value is refused: vLLM could not serve it)."""
     args = trainer.args
     vg = getattr(trainer, "vllm_generation", None)
-    if not args.use_vllm or args.vllm_mode != "colocate" or vg is None or getattr(vg, "llm", None) is None:
+    if not args.use_vllm or args.vllm_mode != "colocate" or vg is None or colocated_llm(vg) is None:
         raise ValueError(
             "cat_anchor_engine=vllm time-shares TRL's colocated vLLM engine: it needs use_vllm: true and "
             "vllm_mode: colocate. With vllm_mode: server, serve pi_0 separately (`vllm serve <initial model>`) and use "
@@ -354,7 +363,7 @@ def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str
     gather = vllm_param_gather(vg)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_fsdp_enabled:
-        check_vllm_anchor_sharding(source, getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", 1))
+        check_vllm_anchor_sharding(source, fsdp_version(trainer.accelerator))
     device = trainer.accelerator.device
     if source == "peft_base":
         if "ref" in getattr(model, "peft_config", {}):
@@ -371,7 +380,7 @@ def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str
             raise ValueError("cat_anchor_weights=copy with the vLLM anchor needs the initial checkpoint's path")
         weights = checkpoint_weights(checkpoint, offload, device)
 
-    limit = vllm_max_model_len(vg.llm)
+    limit = vllm_max_model_len(colocated_llm(vg))
     if max_context and limit and max_context > limit:
         raise ValueError(f"cat_anchor_max_context={max_context} exceeds the colocated vLLM engine's "
                          f"max_model_len={limit}; raise vllm_max_model_length or lower it.")

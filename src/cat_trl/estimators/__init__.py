@@ -1,4 +1,5 @@
-"""Reference estimators (group of G completions -> one reference). See `base.ReferenceEstimator`."""
+"""Reference estimators (group of G completions -> one reference). See `base.ReferenceEstimator`; build one with
+`spec.build_estimator(EstimatorSpec(...), engine)`."""
 
 from .base import Group, Reference, ReferenceEstimator
 from .majority import MajorityEstimator
@@ -15,13 +16,16 @@ from .selection import (
     SelfBoNEstimator,
     parse_choice,
 )
+from .spec import ESTIMATORS, SELECTION, EstimatorSpec, anchor_sampling, build_estimator, check_context_budget
 from .synthesis import SynthesisEstimator, water_fill
-
-#: estimators a CaT-RL run can use as its reference (`cat_estimator`)
-ESTIMATORS = ("synthesis", "majority", "self_bon", "min_ppl", "mutual_predictability")
 
 __all__ = [
     "ESTIMATORS",
+    "EstimatorSpec",
+    "SELECTION",
+    "anchor_sampling",
+    "build_estimator",
+    "check_context_budget",
     "Group",
     "MATH_SYNTHESIS_PROMPT",
     "MajorityEstimator",

@@ -23,21 +23,11 @@ from typing import Any
 
 from ..answers import AnswerMatcher
 from ..engines.base import Conversation, Engine, SamplingSettings
-from ..estimators import (
-    Group,
-    MajorityEstimator,
-    MinPPLEstimator,
-    MutualPredictabilityEstimator,
-    Reference,
-    ReferenceEstimator,
-    SelfBoNEstimator,
-    SynthesisEstimator,
-)
+from ..estimators import SELECTION, EstimatorSpec, Group, Reference, ReferenceEstimator, build_estimator
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("single", "majority", "self_bon", "min_ppl", "mutual_predictability", "synthesis", "synthesis_with_question")
-SELECTION = ("self_bon", "min_ppl", "mutual_predictability")
 VERIFIABLE_ONLY = ("majority",)
 
 
@@ -170,9 +160,8 @@ def build_methods(
     names: Sequence[str],
     engine: Engine,
     *,
-    verifiable: bool,
+    answer_extraction: str | None,
     matcher: AnswerMatcher,
-    extract: Callable[[str], str | None] | None,
     anchor_sampling: SamplingSettings,
     selector_sampling: SamplingSettings,
     synthesis_template: str,
@@ -180,34 +169,24 @@ def build_methods(
     chat_template_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> dict[str, ReferenceEstimator | None]:
-    """name -> estimator (None for `single`). Selection methods fall back to rollout 1 when they cannot choose
-    (the failure rate is reported), so every method answers every question."""
+    """name -> estimator (None for `single`), each built from its `EstimatorSpec`. `answer_extraction=None` is an
+    open-ended task (no final answers). Selection methods fall back to rollout 1 when they cannot choose (the failure
+    rate is reported), so every method answers every question."""
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    if not verifiable and (bad := [n for n in names if n in VERIFIABLE_ONLY]):
+    if answer_extraction is None and (bad := [n for n in names if n in VERIFIABLE_ONLY]):
         raise ValueError(f"{bad} need final answers; open-ended tasks support {[m for m in METHODS if m not in bad]}")
-    extract = extract if verifiable else None
-    common = {"chat_template_kwargs": chat_template_kwargs, "extract_answer": extract}
-    built: dict[str, ReferenceEstimator | None] = {}
-    for name in names:
-        if name == "single":
-            built[name] = None
-        elif name == "majority":
-            built[name] = MajorityEstimator(matcher, extract)
-        elif name == "self_bon":
-            built[name] = SelfBoNEstimator(engine, selector_sampling, fallback="first",
-                                           max_context_tokens=max_context_tokens, **common)
-        elif name == "min_ppl":
-            built[name] = MinPPLEstimator(engine, fallback="first", **common)
-        elif name == "mutual_predictability":
-            built[name] = MutualPredictabilityEstimator(engine, fallback="first", seed=seed,
-                                                        max_context_tokens=max_context_tokens, **common)
-        else:
-            built[name] = SynthesisEstimator(engine, anchor_sampling, template=synthesis_template,
-                                             include_question=name == "synthesis_with_question",
-                                             max_context_tokens=max_context_tokens, **common)
-    return built
+    common = dict(answer_extraction=answer_extraction, match=matcher.mode, match_timeout=matcher.timeout,
+                  chat_template_kwargs=chat_template_kwargs, max_context_tokens=max_context_tokens, fallback="first")
+    kinds = {"synthesis_with_question": "synthesis"}
+    extra = {"self_bon": {"sampling": selector_sampling}, "mutual_predictability": {"seed": seed},
+             "synthesis": {"sampling": anchor_sampling, "template": synthesis_template},
+             "synthesis_with_question": {"sampling": anchor_sampling, "template": synthesis_template,
+                                         "include_question": True}}
+    specs = {name: EstimatorSpec(kinds.get(name, name), **common, **extra.get(name, {}))
+             for name in names if name != "single"}
+    return {name: build_estimator(specs[name], engine) if name in specs else None for name in names}
 
 
 def _engine_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..answers import AnswerMatcher, get_extractor
-from ..labels import GOLD_COLUMN
+from ..data.labels import GOLD_COLUMN
 from ..messages import completion_text
 
 

@@ -45,6 +45,7 @@ class CaTMathReward:
 
     def __init__(self, match: str = "string", timeout: float | None = 5.0, extraction: str = "boxed"):
         self.matcher = AnswerMatcher(match, timeout)
+        self.extraction = extraction
         self.extract = get_extractor(extraction)
 
     def __call__(

@@ -19,9 +19,9 @@ from typing import Any
 
 from accelerate import PartialState
 
-from .estimators.base import Group, Reference, ReferenceEstimator
-from .distributed import gather_all
-from .messages import completion_text, question_text
+from .base import Group, Reference, ReferenceEstimator
+from ..distributed import gather_all
+from ..messages import completion_text, question_text
 
 
 @dataclass

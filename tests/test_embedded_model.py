@@ -1,4 +1,4 @@
-"""Tests for cat_trl.models: the embedded SmolLM2 checkpoint and the tiny test model."""
+"""Tests for cat_trl.embedded_model: the embedded SmolLM2 checkpoint and the tiny test model."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cat_trl import models
+from cat_trl import embedded_model as models
 from tiny_model import build_tiny_model
 
-from cat_trl.models import (
+from cat_trl.embedded_model import (
     COMPLETE_MARKER,
     EMBEDDED_ALIASES,
     convert_gguf_to_checkpoint,
@@ -118,7 +118,7 @@ def test_second_resolve_does_not_reconvert(embedded_model_path, monkeypatch, cap
 
     monkeypatch.setattr(models, "convert_gguf_to_checkpoint", boom)
     monkeypatch.setattr(models, "find_embedded_gguf", boom)
-    caplog.set_level(logging.INFO, logger="cat_trl.models")
+    caplog.set_level(logging.INFO, logger="cat_trl.embedded_model")
     start = time.perf_counter()
     assert resolve_model_path("smollm2-135m-instruct") == embedded_model_path
     assert time.perf_counter() - start < 5
@@ -182,7 +182,7 @@ def test_converted_model_answers(embedded_model):
 @pytest.mark.slow
 def test_convert_from_scratch(embedded_model_path, tmp_path, caplog):
     """Exercise the conversion itself, even when the user cache is already warm."""
-    caplog.set_level(logging.INFO, logger="cat_trl.models")
+    caplog.set_level(logging.INFO, logger="cat_trl.embedded_model")
     out = tmp_path / "converted"
     start = time.perf_counter()
     result = convert_gguf_to_checkpoint(find_embedded_gguf(), out)

@@ -13,8 +13,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .answers import AnswerMatcher, extract_boxed, majority_answer
-from .estimators.base import Group, Reference
+from ..answers import AnswerMatcher, extract_boxed, majority_answer
+from .base import Group, Reference
 
 NAN = float("nan")
 

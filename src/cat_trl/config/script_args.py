@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from trl import ScriptArguments
 
-from .data.prompts import DEFAULT_INSTRUCTION
+from ..data.prompts import DEFAULT_INSTRUCTION
 
 
 @dataclass
@@ -57,11 +57,6 @@ class CaTScriptArguments(ScriptArguments):
     )
     synthetic_min_steps: int = field(
         default=1, metadata={"help": "Built-in data: at least this many arithmetic steps per word problem."}
-    )
-    prompts_per_step: int | None = field(
-        default=None,
-        metadata={"help": "Prompts per generation batch, fixed whatever num_generations is: per_device_train_batch_"
-        "size is derived from it (G sweeps). Leave unset to size the batch yourself."},
     )
     healthbench_holdout: int = field(
         default=500, metadata={"help": "HealthBench: examples held out (seeded) for evaluation; training uses the rest."}

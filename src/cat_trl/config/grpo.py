@@ -8,17 +8,18 @@ dataclasses in one flat namespace, so a prefix avoids clashes with TRL's own fie
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, fields
 
 from trl import GRPOConfig
 
-from .answers import EXTRACTIONS, MATCH_MODES
-from .estimators import ESTIMATORS
-from .estimators.prompts import MATH_SYNTHESIS_PROMPT, validate_template
-from .rubrics.judge import JUDGE_MODES
-from .rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT, validate_placeholders
-from .engines.anchor_weights import resolve_anchor_weights
-from .trl_compat import check_vllm_llm_kwargs
+from ..answers import EXTRACTIONS, MATCH_MODES
+from ..estimators import ESTIMATORS
+from ..estimators.prompts import MATH_SYNTHESIS_PROMPT, validate_template
+from ..rubrics.judge import JUDGE_MODES
+from ..rubrics.prompts import FREEFORM_SYNTHESIS_PROMPT, validate_placeholders
+from ..engines.anchor_weights import resolve_anchor_weights
+from ..trl_compat import check_vllm_llm_kwargs
 
 ANCHOR_ENGINES = ("auto", "vllm", "transformers", "openai")
 REWARDS = ("math", "rubric", "judge_equivalence", "physician_rubric")
@@ -41,6 +42,24 @@ def check_removed_settings(keys) -> None:
             raise ValueError(REMOVED_SETTINGS[key])
 
 
+def derive_batch(num_generations: int, prompts_per_step: int, num_processes: int, steps_per_generation: int) -> int:
+    """per_device_train_batch_size such that one generation batch holds `prompts_per_step` prompts x G completions.
+
+    TRL: generation_batch_size = per_device_train_batch_size x num_processes x steps_per_generation."""
+    if min(num_generations, prompts_per_step, num_processes, steps_per_generation) < 1:
+        raise ValueError("G, prompts_per_step, num_processes and steps_per_generation must all be >= 1")
+    completions = prompts_per_step * num_generations
+    per_step = num_processes * steps_per_generation
+    if completions % per_step:
+        ok = [s for s in range(1, completions + 1) if completions % (num_processes * s) == 0]
+        raise ValueError(
+            f"G={num_generations} x prompts_per_step={prompts_per_step} = {completions} completions cannot be split "
+            f"over {num_processes} process(es) x steps_per_generation={steps_per_generation}; steps_per_generation "
+            f"values that work: {ok[:6]}"
+        )
+    return completions // per_step
+
+
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
@@ -50,6 +69,12 @@ def _choice(name: str, value, allowed) -> None:
 class CaTGRPOConfig(GRPOConfig):
     """GRPO settings plus CaT's reference estimation and reward settings (all prefixed `cat_`)."""
 
+    prompts_per_step: int | None = field(
+        default=None,
+        metadata={"help": "Prompts per generation batch, fixed whatever num_generations is: per_device_train_batch_"
+        "size is derived from it, G, the launch's WORLD_SIZE and steps_per_generation (G sweeps). Leave unset to size "
+        "the batch yourself."},
+    )
     cat_reward: str = field(
         default="math",
         metadata={
@@ -223,7 +248,10 @@ class CaTGRPOConfig(GRPOConfig):
     )
 
     def _check_ranges(self) -> None:
-        """Values TRL would accept and fail on later (or divide by): checked first, one clear line each."""
+        """Values TRL 1.16's `GRPOConfig` accepts silently and fails on later (or divides by), checked first, one
+        clear line each naming the setting. Only those: `tests/test_config_ranges.py` fails when TRL starts refusing
+        one of these by name, so the copy here can go. (`num_generations=1` TRL refuses, but without naming the
+        setting; 0 crashes it with a ZeroDivisionError.)"""
         def need(name, ok, rule):
             value = getattr(self, name)
             if value is not None and not ok(value):
@@ -252,8 +280,27 @@ class CaTGRPOConfig(GRPOConfig):
             if f.name.startswith("cat_") and "choices" in f.metadata:
                 _choice(f.name, getattr(self, f.name), f.metadata["choices"])
 
+    def batch_for(self, world_size: int) -> int:
+        """The `per_device_train_batch_size` that `prompts_per_step` gives on `world_size` processes."""
+        spg = self.steps_per_generation or self.gradient_accumulation_steps
+        return derive_batch(self.num_generations, self.prompts_per_step, world_size, spg)
+
+    def _apply_prompts_per_step(self) -> None:
+        """`prompts_per_step: P` sets `per_device_train_batch_size` before TRL checks the batch against G (a sweep
+        over G would otherwise hit TRL's divisibility check for every G the base batch does not fit)."""
+        if self.prompts_per_step is None:
+            return
+        if self.generation_batch_size is not None:
+            raise ValueError("prompts_per_step and generation_batch_size both set: prompts_per_step derives the batch")
+        # WORLD_SIZE: set by accelerate launch / torchrun on every rank, before TRL's own batch arithmetic
+        self.per_device_train_batch_size = self.batch_for(int(os.environ.get("WORLD_SIZE", "1")))
+
     def __post_init__(self):
         self._check_ranges()
+        if self.prompts_per_step is not None and not (isinstance(self.prompts_per_step, int)
+                                                      and self.prompts_per_step >= 1):
+            raise ValueError(f"prompts_per_step={self.prompts_per_step!r}: must be an integer >= 1")
+        self._apply_prompts_per_step()
         self._check_choices()
         self._check_open_ended()
         colocated = bool(getattr(self, "use_vllm", False)) and getattr(self, "vllm_mode", None) == "colocate"

@@ -53,7 +53,7 @@ __all__ = [
     "save_tokenizer",
 ]
 
-logger = logging.getLogger("cat_trl.models")
+logger = logging.getLogger("cat_trl.embedded_model")
 
 #: Canonical name of the embedded model; every alias maps to it.
 _CANONICAL = "smollm2-135m-instruct"
@@ -244,6 +244,8 @@ def _special_id(tokenizer, token: str) -> int | None:
 def _load_gguf_model(gguf_path: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
+    from .trl_compat import strip_gguf_quantization
+
     kwargs: dict = {}
     try:  # ask for dense tensors explicitly; older transformers always dequantize and lack the option
         from transformers import GgufConfig
@@ -256,12 +258,7 @@ def _load_gguf_model(gguf_path: Path, dtype: torch.dtype):
     )
     # Strip the GGUF quantizer: with it, the model claims to be quantized, is not trainable and save_pretrained
     # refuses. The tensors are already dense at this point.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if getattr(model, "_weight_conversions", None) is not None:
-        model._weight_conversions = None
+    strip_gguf_quantization(model)
     model.to(dtype)
     model.config.dtype = dtype
     return model

@@ -1,7 +1,8 @@
 """Building the CaT components a `CaTGRPOTrainer` uses from its `CaTGRPOConfig`: the anchor engine, the reference
 estimator, the judge and the open-ended reward functions.
 
-This is the composition root: the only module that reads `cat_*` settings to construct objects. The objects
+This is the composition root: where `cat_*` settings become objects (the trainer reads a few more at run time:
+per-step seeds, logging switches). The objects
 themselves (engines, estimators, rubric proposer, judge, rewards) take plain arguments and know nothing of the
 config, so they can be used without a trainer. Engines are built through `engines.factory` from an `EngineSpec`.
 """
@@ -12,18 +13,10 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from .answers import AnswerMatcher, get_extractor
 from .engines.anchor_weights import resolve_anchor_weights
 from .engines.base import Engine, SamplingSettings
 from .engines.factory import EngineSpec, build_engine
-from .estimators import (
-    MajorityEstimator,
-    MinPPLEstimator,
-    MutualPredictabilityEstimator,
-    ReferenceEstimator,
-    SelfBoNEstimator,
-    SynthesisEstimator,
-)
+from .estimators import EstimatorSpec, ReferenceEstimator, anchor_sampling, build_estimator
 from .rubrics.judge import Judge
 from .rubrics.prompts import EQUIVALENCE_PROMPT, JUDGE_PROMPT
 
@@ -33,16 +26,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def anchor_sampling(args) -> SamplingSettings:
+def cat_anchor_sampling(args) -> SamplingSettings:
     """The anchor samples like the policy unless `cat_anchor_*` overrides are set (the paper's setting)."""
-    pick = lambda override, default: default if override is None else override  # noqa: E731
-    return SamplingSettings(
-        max_new_tokens=args.cat_anchor_max_new_tokens,
-        temperature=pick(getattr(args, "cat_anchor_temperature", None), args.temperature),
-        top_p=pick(getattr(args, "cat_anchor_top_p", None), args.top_p),
-        top_k=pick(getattr(args, "cat_anchor_top_k", None), args.top_k or 0),
-        min_p=pick(getattr(args, "cat_anchor_min_p", None), args.min_p),
-        repetition_penalty=args.repetition_penalty,
+    return anchor_sampling(args, max_new_tokens=args.cat_anchor_max_new_tokens, temperature=args.cat_anchor_temperature,
+                           top_p=args.cat_anchor_top_p, top_k=args.cat_anchor_top_k, min_p=args.cat_anchor_min_p)
+
+
+def estimator_spec(args, kind: str | None = None, *, max_context_tokens: int | None = None) -> EstimatorSpec:
+    """The `EstimatorSpec` of a `CaTGRPOConfig` (`kind` overrides `cat_estimator`: CaT-SFT always synthesizes)."""
+    kind = kind or args.cat_estimator
+    return EstimatorSpec(
+        kind,
+        sampling=cat_anchor_sampling(args) if kind in ("synthesis", "self_bon") else None,
+        template=args.synthesis_template if kind == "synthesis" else None,
+        include_question=args.cat_include_question if kind == "synthesis" else False,
+        max_context_tokens=max_context_tokens or args.cat_anchor_max_context,
+        chat_template_kwargs=args.chat_template_kwargs,
+        answer_extraction=None if args.open_ended else args.cat_answer_extraction,
+        match=args.cat_match, match_timeout=args.cat_match_timeout, seed=args.seed,
     )
 
 
@@ -92,38 +93,15 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
     return engine, spec.weights, kind
 
 
-def build_estimator(args, engine: Engine | None, matcher: AnswerMatcher) -> ReferenceEstimator:
-    extract = None if args.open_ended else get_extractor(args.cat_answer_extraction)
-    if args.cat_estimator == "majority":
-        return MajorityEstimator(matcher, extract)
-    if engine is None:
-        raise ValueError(f"cat_estimator={args.cat_estimator} needs an anchor engine")
-    if args.cat_estimator == "self_bon":
-        return SelfBoNEstimator(
-            engine,
-            anchor_sampling(args),
-            max_context_tokens=args.cat_anchor_max_context,
-            chat_template_kwargs=args.chat_template_kwargs,
-            extract_answer=extract,
-        )
-    if args.cat_estimator in ("min_ppl", "mutual_predictability"):
-        cls = MinPPLEstimator if args.cat_estimator == "min_ppl" else MutualPredictabilityEstimator
-        extra = {} if cls is MinPPLEstimator else {"seed": args.seed, "max_context_tokens": args.cat_anchor_max_context}
-        return cls(engine, extract_answer=extract, chat_template_kwargs=args.chat_template_kwargs, **extra)
-    synthesis = SynthesisEstimator(
-        engine,
-        anchor_sampling(args),
-        template=args.synthesis_template,
-        include_question=args.cat_include_question,
-        max_context_tokens=args.cat_anchor_max_context,
-        chat_template_kwargs=args.chat_template_kwargs,
-        extract_answer=extract,
-    )
+def build_reference_estimator(args, engine: Engine | None) -> ReferenceEstimator:
+    """The trainer's estimator: `estimator_spec(args)` built on the anchor, wrapped by the rubric proposer for
+    `cat_reward: rubric`."""
+    estimator = build_estimator(estimator_spec(args), engine)
     if args.cat_reward != "rubric":
-        return synthesis
+        return estimator
     from .rubrics import RUBRIC_PROMPT, RubricEstimator, RubricProposer
 
-    rubric_sampling = anchor_sampling(args)
+    rubric_sampling = cat_anchor_sampling(args)
     if args.cat_rubric_max_new_tokens:
         rubric_sampling = replace(rubric_sampling, max_new_tokens=args.cat_rubric_max_new_tokens)
     proposer = RubricProposer(
@@ -136,7 +114,7 @@ def build_estimator(args, engine: Engine | None, matcher: AnswerMatcher) -> Refe
         allow_list=args.cat_rubric_allow_list,
         chat_template_kwargs=args.chat_template_kwargs,
     )
-    return RubricEstimator(synthesis, proposer)
+    return RubricEstimator(estimator, proposer)
 
 
 def build_judge_engine(args) -> Engine | None:
@@ -169,7 +147,7 @@ class _Pending(Engine):
 
 
 def open_ended_rewards(args, judge: Judge) -> list:
-    from .rewards.rubric import (
+    from .rewards.judged import (
         AsyncCaTRubricReward,
         CaTRubricReward,
         JudgeEquivalenceReward,

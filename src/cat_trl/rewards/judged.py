@@ -17,7 +17,7 @@ import json
 import time
 from typing import Any
 
-from ..labels import GOLD_RUBRICS_COLUMN
+from ..data.labels import GOLD_RUBRICS_COLUMN
 from ..messages import completion_text
 from ..rubrics.judge import Judge, JudgeItem
 from ..rubrics.prompts import EQUIVALENCE_PROMPT
@@ -183,7 +183,7 @@ class PhysicianRubricReward(_JudgedReward):
     __name__ = "physician_rubric_reward"
 
     def _criteria(self, prompts, kwargs):
-        from ..evaluation.healthbench_grader import RubricItem
+        from ..rubrics.healthbench_grader import RubricItem
 
         column = kwargs.get(GOLD_RUBRICS_COLUMN)
         if column is None:
@@ -196,7 +196,7 @@ class PhysicianRubricReward(_JudgedReward):
         return [[item.criterion for item in rubric] for rubric in self._rubrics]
 
     def _score(self, i, verdicts):
-        from ..evaluation.healthbench_grader import example_score
+        from ..rubrics.healthbench_grader import example_score
 
         return example_score(self._rubrics[i], [v.met for v in verdicts])
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..engines.base import Engine, SamplingSettings
-from ..rubrics.prompts import render_conversation
+from .prompts import render_conversation
 
 GRADER_PROMPT = """Your task: read a conversation and one rubric item, and decide whether the LAST assistant turn of the conversation (the response being graded) meets the rubric item.
 

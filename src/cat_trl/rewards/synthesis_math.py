@@ -11,8 +11,8 @@ import os
 from typing import Any
 
 from ..engines.base import Engine, SamplingSettings
-from ..estimators import MajorityEstimator, ReferenceEstimator, SynthesisEstimator
-from ..grouping import estimate_all, gather_groups, local_references
+from ..estimators import EstimatorSpec, ReferenceEstimator, anchor_sampling, build_estimator
+from ..estimators.across_ranks import estimate_all, gather_groups, local_references
 from ..trl_compat import trainer_of_reward_call
 from .verifiable import CaTMathReward
 
@@ -139,25 +139,18 @@ class CaTSynthesisMathReward:
         self._validate()
 
     def _sampling(self, trainer) -> SamplingSettings:
-        """The anchor samples like the policy (the trainer's settings) unless set here -- as in `CaTGRPOTrainer`."""
-        args = getattr(trainer, "args", None)
-        pick = lambda own, trl_name, default: (  # noqa: E731
-            own if own is not None else (getattr(args, trl_name, None) if getattr(args, trl_name, None) is not None
-                                         else default))
-        return SamplingSettings(
-            max_new_tokens=self.anchor_max_new_tokens,
-            temperature=pick(self.anchor_temperature, "temperature", 1.0),
-            top_p=pick(self.anchor_top_p, "top_p", 1.0),
-            top_k=pick(self.anchor_top_k, "top_k", 0) or 0,
-            min_p=pick(self.anchor_min_p, "min_p", None),
-            repetition_penalty=getattr(args, "repetition_penalty", None) or 1.0,
-            seed=self.anchor_seed,
-        )
+        """The anchor samples like the trainer's policy unless set here (`anchor_sampling`, as in the trainer)."""
+        return anchor_sampling(getattr(trainer, "args", None), max_new_tokens=self.anchor_max_new_tokens,
+                               temperature=self.anchor_temperature, top_p=self.anchor_top_p, top_k=self.anchor_top_k,
+                               min_p=self.anchor_min_p, seed=self.anchor_seed)
 
     def _build_estimator(self, trainer) -> ReferenceEstimator:
-        if self.estimator_name == "majority":
-            return MajorityEstimator(self.reward.matcher, self.reward.extract)
-        if self.engine is None:
+        """The estimator from its `EstimatorSpec`."""
+        sampling = self._sampling(trainer) if self.estimator_name == "synthesis" else None
+        spec = EstimatorSpec(self.estimator_name, sampling=sampling, include_question=self.include_question,
+                             max_context_tokens=self.anchor_max_context, answer_extraction=self.reward.extraction,
+                             match=self.reward.matcher.mode, match_timeout=self.reward.matcher.timeout)
+        if spec.needs_engine and self.engine is None:
             if not self.anchor_model:
                 raise ValueError(
                     "CaTSynthesisMathReward has no anchor: its engine is not carried through pickling. Construct it "
@@ -169,10 +162,7 @@ class CaTSynthesisMathReward:
 
             self.engine = build_engine(EngineSpec("transformers", model=self.anchor_model, device=PartialState().device,
                                                   max_context=self.anchor_max_context))
-        return SynthesisEstimator(
-            self.engine, self._sampling(trainer), include_question=self.include_question,
-            max_context_tokens=self.anchor_max_context, extract_answer=self.reward.extract,
-        )
+        return build_estimator(spec, self.engine)
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         if self.from_env:
