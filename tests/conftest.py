@@ -68,6 +68,23 @@ def math500_path() -> Path:
     return MATH500_PATH
 
 
+@pytest.fixture
+def no_model_loading(monkeypatch) -> list:
+    """Any model load fails the test (and is recorded): for input that must be refused before weights load."""
+    import transformers
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("a model was loaded for input that should have been refused first")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    # TRL instantiates the architecture named in the config (LlamaForCausalLM...), not the Auto class.
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
+    return calls
+
+
 def free_port() -> int:
     import socket
 

@@ -18,17 +18,6 @@ from cat_trl import cli
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    import transformers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded for input that should have been refused first")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
-
-
 def _jsonl(path: Path, rows: list, tail: bytes = b"") -> str:
     path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows) + tail)
     return str(path)

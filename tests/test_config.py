@@ -191,22 +191,6 @@ def test_gold_column_cannot_be_a_trl_input(recipe):
 # ---------------------------------------------------------------------------------------------------------------
 # main / cli: bad recipes fail fast, before any model loads
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    import transformers
-
-    calls = []
-
-    def refuse(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError("a model was loaded for a recipe that should have been refused")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-    # TRL instantiates the architecture named in the config (LlamaForCausalLM...), not the Auto class.
-    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
-    return calls
-
-
 def test_main_rejects_a_bad_recipe_before_loading_a_model(recipe, no_model_loading, capsys, tiny_model_path):
     # A real, loadable model: only the order of the checks keeps it from being loaded.
     path = recipe(synthetic_num_problems=2, model_name_or_path=tiny_model_path)  # a batch needs 4 prompts

@@ -1,6 +1,6 @@
 """One construction path for reference estimators: `EstimatorSpec` -> `build_estimator`, used by every caller.
 
-The trainer (`from_config.estimator_spec`), `cat-trl eval`'s methods, CaT-SFT, the pre-flight context check and the
+The trainer (`components.estimator_spec`), `cat-trl eval`'s methods, CaT-SFT, the pre-flight context check and the
 self-contained plain-TRL reward all describe their estimator as a spec; these tests pin what each spec builds, the
 anchor-sampling fallback rule (once, here), and that no library module constructs an estimator class by hand.
 """

@@ -25,17 +25,6 @@ NO_MODEL = "/nonexistent/model"
 COMMANDS = ["train", "compare", "eval", "healthbench-eval", "sweep"]
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    import transformers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded for input that should have been refused first")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
-
-
 def _base(command: str, tmp_path: Path) -> dict:
     """A working recipe / config of `command` (its model does not exist: nothing may get as far as loading it)."""
     train = {"model_name_or_path": NO_MODEL, "dataset_name": "synthetic_math", "synthetic_num_problems": 16,

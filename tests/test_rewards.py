@@ -401,3 +401,8 @@ def test_copies_keep_an_engine_anchor():
         assert clone.engine is engine
         assert clone(["p", "p"], ["\\boxed{1}", "\\boxed{2}"]) == [1.0, 0.0]
     assert copy.deepcopy(reward).reward is not reward.reward
+
+
+def test_include_question_needs_the_synthesis_estimator():
+    with pytest.raises(ValueError, match="include_question.*synthesis"):
+        CaTSynthesisMathReward(2, estimator="majority", include_question=True)

@@ -32,8 +32,12 @@ def _run_colocate(mode: str, tmp: Path) -> dict:
     out = tmp / "result.json"
     log = tmp / "log.txt"
     with open(log, "w") as f:
+        # its own rendezvous port: an inherited MASTER_PORT (or one another job on the machine holds) would collide
+        from conftest import free_port
+
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
         proc = subprocess.run([sys.executable, str(SCRIPT), "--mode", mode, "--out", str(out)], stdout=f,
-                              stderr=subprocess.STDOUT, timeout=1500, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                              stderr=subprocess.STDOUT, timeout=1500, env=env)
     if proc.returncode != 0:
         pytest.fail(f"{SCRIPT.name} --mode {mode} exited {proc.returncode}:\n" + log.read_text()[-6000:])
     return json.loads(out.read_text())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ from .estimators.prompts import build_synthesis_prompt
 
 if TYPE_CHECKING:
     from .trainer import CaTGRPOTrainer
+
+logger = logging.getLogger(__name__)
 
 GROUPS_FILE = "cat_groups.jsonl"
 TEMPLATES_FILE = "cat_anchor_templates.json"
@@ -205,6 +208,7 @@ class RunSummaryCallback(TrainerCallback):
                     "scores": [{"step": h["step"], metric: h.get(metric)} for h in state.log_history if metric in h]}
             with open(os.path.join(args.output_dir, BEST_CHECKPOINT_FILE), "w") as f:
                 json.dump(best, f, indent=2)
+            logger.info("best validation checkpoint: %s (%s = %s)", best["checkpoint"], metric, best["value"])
 
 
 class RunConfigCallback(TrainerCallback):

@@ -2,8 +2,8 @@
 FSDP2 facts that hold across layers -- resharding after forward-only passes, and loading unprepared models with
 real weights on every rank.
 
-Kept apart from `grouping` (which uses `gather_all` to cut whole groups) so that engines, which must keep ranks in step
-for sharded forward passes, do not depend on the trainer-level grouping logic.
+Kept apart from `estimators/across_ranks.py` (which uses `gather_all` to cut whole groups) so that engines, which must
+keep ranks in step for sharded forward passes, do not depend on the grouping logic.
 """
 
 from __future__ import annotations

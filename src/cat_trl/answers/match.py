@@ -403,6 +403,15 @@ def _worker_deadline(timeout: float) -> float:
     return 3 * _alarm_seconds(timeout) + 2.0
 
 
+@functools.lru_cache(maxsize=1)
+def _warmed_up() -> bool:
+    """One untimed check, once per process: math-verify builds its LaTeX grammar and sympy its caches on first use
+    (seconds on a loaded machine), which must not be charged to the first timed check -- it would time out and count
+    a true equality as different."""
+    _equivalent(r"\frac{1}{2}", "0.5", None)
+    return True
+
+
 def _worker_main(fd: int) -> None:
     """Helper-process loop: answer (a, b, timeout) requests on the inherited socket `fd` with `_equivalent` statuses.
 
@@ -414,7 +423,7 @@ def _worker_main(fd: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     conn = Connection(fd)
-    _extraction_config()  # import math-verify/sympy before reporting ready, so start-up is not charged to a check
+    _warmed_up()  # import and warm up math-verify/sympy before reporting ready: start-up is not charged to a check
     conn.send("ready")
     while True:
         try:
@@ -573,6 +582,7 @@ class AnswerMatcher:
 
     def _check(self, a: str, b: str) -> str:
         if self.timeout is None or threading.current_thread() is threading.main_thread():
+            _warmed_up()
             return _equivalent(a, b, self.timeout)
         with self._lock:  # one request in flight per worker
             if self._worker_broken:

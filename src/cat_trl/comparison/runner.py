@@ -417,7 +417,7 @@ class Comparison:
                                       batch_size=args.cat_anchor_batch_size, max_context=args.cat_anchor_max_context))
         policy_sampling = SamplingSettings(max_new_tokens=args.max_completion_length, temperature=args.temperature,
                                            top_p=args.top_p, top_k=args.top_k or 0, min_p=args.min_p, seed=args.seed)
-        estimator = build_estimator(estimator_spec(args, "synthesis", ), pi0)
+        estimator = build_estimator(estimator_spec(args, "synthesis"), pi0)
         sft_rows, stats = build_cat_sft_rows(pi0, questions, args.num_generations, policy_sampling, estimator,
                                              args.chat_template_kwargs)
         val_rows, val_stats = build_cat_sft_rows(pi0, validation_questions, args.num_generations, policy_sampling,

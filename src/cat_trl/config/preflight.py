@@ -54,7 +54,7 @@ def check_dataset(args: CaTGRPOConfig, model_args: Any, dataset) -> None:
         # the diagnostics would silently disappear
         raise PreflightError(
             f"cat_gold_column={args.cat_gold_column!r} is not a column of the training data "
-            f"({', '.join(dataset.column_names)}). The loaders write gold answers to `{GOLD_COLUMN}`: choose the "
+            f"({', '.join(c for c in dataset.column_names if c != SOURCE_ROW_COLUMN)}). The loaders write gold answers to `{GOLD_COLUMN}`: choose the "
             "source column with dataset_gold_column and leave cat_gold_column unset (it is for datasets passed to "
             "CaTGRPOTrainer directly)."
         )

@@ -115,6 +115,9 @@ class CaTSynthesisMathReward:
                              f"{g!r}")
         if self.estimator_name not in ("synthesis", "majority"):
             raise ValueError(f"{names['estimator']} must be 'synthesis' or 'majority', got {self.estimator_name!r}")
+        if self.include_question and self.estimator_name != "synthesis":
+            raise ValueError("include_question shows the question to the synthesizing anchor: it needs "
+                             f"{names['estimator']}='synthesis', got {self.estimator_name!r}")
         if self.estimator_name == "synthesis" and self.engine is None and not self.anchor_model:
             raise ValueError(f"The synthesis estimator needs an anchor: set {names['anchor']}.")
         checks = {"anchor_max_new_tokens": lambda v: v >= 1, "anchor_temperature": lambda v: v >= 0,
