@@ -105,7 +105,7 @@ class CaTGRPOTrainer(GRPOTrainer):
         **kwargs,
     ):
         if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
+            name = model if isinstance(model, str) else model.config.name_or_path
             args = CaTGRPOConfig(f"{name.split('/')[-1]}-CaT")
         elif not isinstance(args, CaTGRPOConfig):
             raise TypeError(f"CaTGRPOTrainer needs a CaTGRPOConfig, got {type(args).__name__}")

@@ -122,7 +122,7 @@ def _copy_source(spec: EngineSpec, trainer) -> str:
         return spec.model
     if trainer is None:
         raise ValueError("a copy engine needs `model` (a checkpoint path or alias)")
-    return trainer.accelerator.unwrap_model(trainer.model).config._name_or_path
+    return trainer.accelerator.unwrap_model(trainer.model).config.name_or_path
 
 
 def _policy_context(trainer) -> int | None:
