@@ -5,7 +5,7 @@
 
 A sweep file is a W&B sweep definition (`method: grid`, `parameters`, a tokenised `command` ending in `${args}`) plus
 one cat-trl key, `prompts_per_step`. W&B cannot tie one parameter to another, so batch sizes are not swept: every run
-receives `--prompts_per_step P` and the entry point derives `per_device_train_batch_size` from P, G, the number of
+receives `--prompts_per_step P` and `CaTGRPOConfig` derives `per_device_train_batch_size` from P, G, the number of
 processes and `steps_per_generation` (`derive_batch`). `cat-trl sweep` checks that derivation for **every** grid
 point before anything launches, so a G that does not divide the batch fails in a second, not mid-sweep.
 Parameters reach every rank as CLI arguments (`${args}` -> `--key=value`), never through `wandb.config` alone.
