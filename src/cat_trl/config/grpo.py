@@ -35,13 +35,6 @@ REMOVED_SETTINGS = {
 }
 
 
-def check_removed_settings(keys) -> None:
-    """Refuse a removed setting, naming its replacement (before TrlParser reports it as merely unknown)."""
-    for key in keys:
-        if key in REMOVED_SETTINGS:
-            raise ValueError(REMOVED_SETTINGS[key])
-
-
 def derive_batch(num_generations: int, prompts_per_step: int, num_processes: int, steps_per_generation: int) -> int:
     """per_device_train_batch_size such that one generation batch holds `prompts_per_step` prompts x G completions.
 
