@@ -44,7 +44,7 @@ def worker(args) -> None:
     from cat_trl.config import CaTGRPOConfig
     from cat_trl.data import load_synthetic_math
     from cat_trl.engines import SamplingSettings
-    from cat_trl.engines.vllm_engine import build_vllm_anchor
+    from cat_trl.engines.vllm_colocated import build_vllm_anchor
     from cat_trl.estimators.prompts import MATH_SYNTHESIS_PROMPT, build_synthesis_prompt
     from cat_trl.embedded_model import resolve_model_path
     from cat_trl.rewards import CaTMathReward

@@ -7,6 +7,7 @@ fails after loading weights fails here."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def test_vllm_anchor_on_an_fsdp1_launch_is_refused_before_any_model_loads(weight
 def test_vllm_anchor_launch_checks_read_the_fsdp_version(monkeypatch):
     from types import SimpleNamespace
 
-    from cat_trl.engines.vllm_engine import VLLMAnchorUnsupported, check_vllm_anchor_sharding, launch_fsdp_version
+    from cat_trl.engines.vllm_colocated import VLLMAnchorUnsupported, check_vllm_anchor_sharding, launch_fsdp_version
 
     for key in ("ACCELERATE_USE_FSDP", "FSDP_VERSION"):
         monkeypatch.delenv(key, raising=False)
@@ -169,6 +170,11 @@ EVAL_CASES = [
     ("missing-dataset", {"dataset_name": "/data/missing.jsonl"}, ["does not exist"]),
     ("missing-model", {"model_name_or_path": "/models/nope/nope"}, ["no such directory"]),
     ("unknown-key", {"bogus_key": 1}, ["bogus_key"]),
+    ("unknown-engine", {"engine": "sglang"}, ["engine", "sglang"]),
+    ("vllm-kwargs-without-vllm", {"engine": "transformers", "vllm_llm_kwargs": {"enforce_eager": True}},
+     ["vllm_llm_kwargs", "transformers"]),
+    *([("engine-vllm-not-installed", {"engine": "vllm"}, ["engine: vllm", "not installed"])]
+      if importlib.util.find_spec("vllm") is None else []),
 ]
 
 
@@ -180,6 +186,28 @@ def test_eval_refuses_bad_input_in_one_line(case, content, words, tmp_path, tiny
     path = tmp_path / "eval.yaml"
     path.write_text(content if isinstance(content, str) else yaml.safe_dump({**base, **content}))
     code = cli.main(["eval", str(path)])
+    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines() if not _progress(line))
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+
+
+# ------------------------------------------------------------------------------------------------------------- compare
+
+COMPARE_CASES = [
+    ("heldout-engine-vllm-without-colocated-vllm", ["--heldout_engine", "vllm"],
+     ["heldout_engine: vllm", "use_vllm: true", "vllm_mode: colocate"]),
+    ("heldout-engine-unknown", ["--heldout_engine", "sglang"], ["heldout_engine", "sglang"]),
+]
+
+
+@pytest.mark.parametrize("case,argv,words", COMPARE_CASES, ids=[c[0] for c in COMPARE_CASES])
+def test_compare_refuses_bad_input_in_one_line(case, argv, words, tmp_path, tiny_model_path, no_model_loading,
+                                               capsys):
+    recipe = Path(__file__).parent / "recipes" / "compare-tiny.yaml"
+    code = cli.main(["compare", str(recipe), "--model_name_or_path", tiny_model_path,
+                     "--output_dir", str(tmp_path / "cmp"), *argv])
     err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines() if not _progress(line))
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err

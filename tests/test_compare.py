@@ -225,6 +225,33 @@ def test_pieces_merge_and_other_settings_are_refused_in_the_same_directory(tmp_p
     assert "CaT-RL (synthesis) − initial model" in (out / "compare_report.md").read_text()
 
 
+def test_pieces_run_side_by_side_in_separate_directories_merge(tmp_path, tiny_model_path, capsys):
+    """Two pieces of one experiment run into two directories (e.g. two processes at once) merge into one result with
+    both pieces' provenance, once each, and the run directories of both; another experiment is refused."""
+    import importlib.util
+
+    from cat_trl.comparison.runner import merge_directories
+
+    spec = importlib.util.spec_from_file_location("merge_compare", REPO / "scripts" / "merge_compare.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    a, b, other = tmp_path / "a", tmp_path / "b", tmp_path / "other"
+    args = [RECIPE, "--model_name_or_path", tiny_model_path, "--heldout_k", "0"]
+    assert main([*args, "--output_dir", str(a), "--arms", "none"]) == 0
+    assert main([*args, "--output_dir", str(b), "--arms", "cat"]) == 0
+    assert main([*args, "--output_dir", str(other), "--arms", "cat", "--heldout_max_new_tokens", "8"]) == 0
+    assert script.main([str(a), str(b)]) == 0
+    merged = json.loads((a / "compare_results.json").read_text())
+    assert set(merged["runs"]["default"]["arms"]) == {"none", "cat"} and len(merged["pieces"]) == 2
+    assert (a / "cat" / "log_history.json").is_file()
+    assert "CaT-RL (synthesis) − initial model" in (a / "compare_report.md").read_text()
+    assert len(merge_directories([str(a), str(b)], str(a))["pieces"]) == 2  # merging again adds nothing
+    before = (a / "compare_results.json").read_text()
+    assert script.main([str(a), str(other)]) == 2
+    assert "different configurations" in capsys.readouterr().err
+    assert (a / "compare_results.json").read_text() == before
+
+
 def test_heldout_evaluator_scores_known_outcomes_exactly():
     """A scripted policy that answers right on problems 0 and 2, wrong on 1, and with no answer on 3."""
     from cat_trl.answers import AnswerMatcher, get_extractor

@@ -4,6 +4,8 @@ tested)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import re
 from pathlib import Path
@@ -241,6 +243,25 @@ def test_healthbench_eval_unreachable_grader_fails_first(tmp_path, capsys):
     rc = main(["healthbench-eval", "--data", str(FIXTURE), "--holdout", "2", "--policy", "/never/loaded",
                "--grader-base-url", "http://127.0.0.1:9/v1", "--grader-model", "g"])
     assert rc == 2 and "127.0.0.1:9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--engine", "sglang"], ["engine", "sglang"]),
+    (["--engine", "transformers", "--vllm-llm-kwargs", "{enforce_eager: true}"], ["vllm_llm_kwargs"]),
+    (["--responses", "r.jsonl", "--vllm-llm-kwargs", "{enforce_eager: true}"], ["vllm_llm_kwargs"]),
+    *([(["--engine", "vllm"], ["engine: vllm", "not installed"])]
+      if importlib.util.find_spec("vllm") is None else []),
+])
+def test_healthbench_eval_engine_settings_are_checked_before_any_model_loads(extra, words, capsys):
+    from cat_trl.cli import main
+
+    policy = [] if "--responses" in extra else ["--policy", "/never/loaded"]
+    rc = main(["healthbench-eval", "--data", str(FIXTURE), "--holdout", "2", *policy, *extra,
+               "--grader-base-url", "http://127.0.0.1:9/v1", "--grader-model", "g"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, (word, err)
 
 
 def test_holdout_from_training_file_and_thinking_stripped(tmp_path):

@@ -240,3 +240,31 @@ def test_gguf_quantization_attributes_exist_where_they_are_stripped():
     strip_gguf_quantization(model)
     assert model.hf_quantizer is None and model._weight_conversions is None
     assert not hasattr(model.config, "quantization_config")
+
+
+def test_generate_returns_the_completions_the_reward_call_gets(tmp_path, tiny_model_path):
+    """The overlap seam (`generated_completions`): what TRL's `_generate` returns holds, at the index read, the very
+    completions `_calculate_rewards` is then called with."""
+    from cat_trl.data import load_synthetic_math
+
+    seen = {}
+
+    class Spy(GRPOTrainer):
+        def _generate(self, prompts):
+            out = super()._generate(prompts)
+            seen["generated"] = list(trl_compat.generated_completions(out))
+            return out
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            seen["rewarded"] = list(completions)
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    from trl import GRPOConfig
+
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, num_generations=2,
+                      per_device_train_batch_size=4, max_completion_length=6, max_steps=1, report_to=[],
+                      save_strategy="no")
+    trainer = Spy(model=tiny_model_path, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                  args=args, train_dataset=load_synthetic_math(8))
+    trainer.train()
+    assert seen["generated"] == seen["rewarded"] and len(seen["rewarded"]) == 4

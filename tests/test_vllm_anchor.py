@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cat_trl.config import CaTGRPOConfig
 from cat_trl.engines import SamplingSettings, TransformersEngine
-from cat_trl.engines.vllm_engine import (
+from cat_trl.engines.vllm_colocated import (
     VLLMAnchorEngine,
     build_vllm_anchor,
     checkpoint_weights,
@@ -69,9 +69,21 @@ class FakeLLM:
     @torch.no_grad()
     def generate(self, prompts, sampling_params, use_tqdm=False):
         self._log("generate")
+        per_request = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        assert len(per_request) == len(prompts)  # vLLM: one SamplingParams, or one per prompt
+        self.params = per_request
         outs = []
-        for p in prompts:
+        for p, sampling_params in zip(prompts, per_request):
             ids = torch.tensor([p["prompt_token_ids"]])
+            if getattr(sampling_params, "logprobs", None):  # top-k log-probs of the first generated position
+                logps = torch.log_softmax(self.model(ids).logits[0, -1].float(), -1)
+                top = torch.topk(logps, sampling_params.logprobs)
+                first = {int(t): SimpleNamespace(logprob=float(v)) for v, t in zip(top.values, top.indices)}
+                completion = SimpleNamespace(text="", token_ids=[int(top.indices[0])], finish_reason="length",
+                                             logprobs=[first])
+                outs.append(SimpleNamespace(prompt_token_ids=p["prompt_token_ids"], outputs=[completion],
+                                            prompt_logprobs=None))
+                continue
             if getattr(sampling_params, "prompt_logprobs", None) is not None:
                 logps = torch.log_softmax(self.model(ids).logits[0].float(), -1)
                 prompt_lp = [None] + [{int(t): SimpleNamespace(logprob=float(logps[i - 1, t]))}
@@ -213,7 +225,7 @@ def test_build_from_trainer_and_config_checks(models, tiny_model_path, tmp_path)
         accelerator=SimpleNamespace(unwrap_model=lambda m: m, device=torch.device("cpu")), is_fsdp_enabled=False,
         processing_class=tokenizer, _last_loaded_step=3,
     )
-    import cat_trl.engines.vllm_engine as ve
+    import cat_trl.engines.vllm_colocated as ve
 
     original = ve.VLLMAnchorEngine.__init__
 
@@ -280,7 +292,7 @@ def test_auto_falls_back_to_transformers_where_the_vllm_anchor_cannot_stream_pi0
     """FSDP1 with the reference model as pi_0: the vLLM anchor streams sharded weights from FSDP2 only (FSDP1 flattens
     them per module). `auto` logs and uses the transformers anchor (which still reproduces pi_0); an explicit `vllm`
     raises, naming the way out. (FSDP2 streams: tests/test_vllm_real.py runs it for real.)"""
-    from cat_trl.engines.vllm_engine import VLLMAnchorUnsupported
+    from cat_trl.engines.vllm_colocated import VLLMAnchorUnsupported
     from cat_trl.components import build_anchor_engine
 
     tokenizer, initial, policy, engine_model = models
@@ -326,3 +338,55 @@ def test_config_refuses_what_the_chosen_anchor_engine_cannot_do(tmp_path):
             CaTGRPOConfig(**base, cat_estimator=estimator, cat_anchor_engine="openai",
                           cat_anchor_base_url="http://127.0.0.1:1/v1")
     assert CaTGRPOConfig(**base).cat_anchor_engine_auto is True
+
+
+# ---------------------------------------------------------------------------------------- the standalone VLLMEngine
+
+
+def _standalone(engine_model, tokenizer):
+    from cat_trl.engines.vllm_engine import VLLMEngine
+
+    return VLLMEngine(FakeLLM(engine_model, tokenizer), tokenizer, sampling_params_cls=FakeSamplingParams)
+
+
+@pytest.mark.parametrize("top_k", [1, "vocabulary"])
+def test_next_token_logprobs_equal_transformers_whether_or_not_the_tokens_are_in_the_top_k(models, top_k, monkeypatch):
+    """The top-k read and the exact fallback for first tokens outside it (top_k=1 forces it for all but one token;
+    the whole vocabulary never needs it) give transformers' numbers."""
+    import cat_trl.engines.vllm_engine as vm
+
+    tokenizer, _, policy, _ = models
+    top_k = policy.config.vocab_size if top_k == "vocabulary" else top_k
+    monkeypatch.setattr(vm, "NEXT_TOKEN_TOP_K", top_k)
+    engine = _standalone(policy, tokenizer)
+    questions = [[{"role": "user", "content": f"Is {n} even? Answer yes or no."}] for n in (3, 8)]
+    got = engine.next_token_logprobs(questions, ("yes", "no"))
+    want = TransformersEngine(policy, tokenizer).next_token_logprobs(questions, ("yes", "no"))
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-4)
+    assert (engine.stats.extra.get("next_token_exact_requests", 0) > 0) == (top_k == 1)
+
+
+def test_seeded_calls_give_every_request_its_own_seed(models):
+    """vLLM seeds per request: one seed for the whole call would make G identical prompts sample G identical texts."""
+    from cat_trl.engines.vllm_engine import request_seed
+
+    tokenizer, _, policy, _ = models
+    engine = _standalone(policy, tokenizer)
+    engine.generate(CONVERSATIONS * 2, SamplingSettings(max_new_tokens=4, temperature=0.0, seed=7))
+    seeds = [p.seed for p in engine.llm.params]
+    assert seeds == [request_seed(7, i) for i in range(4)] and len(set(seeds)) == 4
+    engine.generate(CONVERSATIONS, GREEDY)  # unseeded: one SamplingParams for the call, no seed
+    assert [p.seed for p in engine.llm.params] == [None, None]
+    assert request_seed(8, 0) not in seeds  # the next call's seeds are others
+
+
+def test_standalone_engine_generates_and_scores_like_transformers(models):
+    tokenizer, _, policy, _ = models
+    engine = _standalone(policy, tokenizer)
+    hf = TransformersEngine(policy, tokenizer)
+    assert [g.text for g in engine.generate(CONVERSATIONS, GREEDY)] == [g.text for g in hf.generate(CONVERSATIONS, GREEDY)]
+    texts = ["Five.", "Blue, I think."]
+    for a, b in zip(engine.logprobs(CONVERSATIONS, texts), hf.logprobs(CONVERSATIONS, texts)):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert engine.stats.calls == 2 and engine.max_context_tokens == 2048

@@ -158,6 +158,8 @@ class CaTLoggingCallback(TrainerCallback):
 #: headline metrics of the end-of-run summary (first vs last logging steps)
 SUMMARY_KEYS = ("reward", "cat/label_accuracy", "cat/ground_truth_ratio", "cat/majority_accuracy",
                 "cat/reference_parse_failure", "cat/reference_ne_majority", "cat/anchor_share")
+#: running totals the trainer logs (the last logged value is the run's total)
+TOTAL_KEYS = ("cat/anchor_failed_groups_total",)
 BEST_CHECKPOINT_FILE = "best_checkpoint.json"
 
 
@@ -172,12 +174,19 @@ def summarize(log_history: list[dict], window: int = 3) -> dict[str, dict[str, f
         if values:
             w = max(1, min(window, len(values) // 2 or 1))
             out[key] = {"first": sum(values[:w]) / w, "last": sum(values[-w:]) / w, "steps_logged": len(values)}
+    for key in TOTAL_KEYS:
+        values = [h[key] for h in rows if isinstance(h.get(key), (int, float)) and not math.isnan(h[key])]
+        if values:
+            out[key] = {"total": max(values), "steps_logged": len(values)}
     return out
 
 
 def format_summary(steps: int, summary: dict[str, dict[str, float]]) -> str:
     lines = [f"CaT-RL finished {steps} steps. What changed (mean of first vs last logging steps):"]
     for key, v in summary.items():
+        if "total" in v:
+            lines.append(f"  {key:32s} {v['total']:.0f} in the run")
+            continue
         lines.append(f"  {key:32s} {v['first']:.3f} -> {v['last']:.3f}   ({v['steps_logged']} logged)")
     if "cat/label_accuracy" in summary:
         lines.append("  (label_accuracy: anchor reference == gold; ground_truth_ratio: policy rollouts == gold. Gold "

@@ -58,6 +58,8 @@ def anchor_engine_spec(trainer: GRPOTrainer, kind: str, model_name_or_path: str 
             raise ValueError("cat_anchor_engine=openai needs cat_anchor_model_name_or_path (the served model name)")
         return EngineSpec("openai", weights="server", model=served, base_url=args.cat_anchor_base_url,
                           api_key_env=args.cat_anchor_api_key_env, max_context=args.cat_anchor_max_context,
+                          timeout=args.cat_anchor_timeout, max_retries=args.cat_anchor_max_retries,
+                          on_failure=args.cat_anchor_on_failure,
                           cache=args.cat_anchor_seed is not None)  # unseeded sampling must not replay cached syntheses
     policy = trainer.accelerator.unwrap_model(trainer.model)
     source = resolve_anchor_weights(args.cat_anchor_weights, is_peft=isinstance(policy, PeftModel),
@@ -76,7 +78,7 @@ def build_anchor_engine(trainer: GRPOTrainer, model_name_or_path: str | None = N
 
     With `cat_anchor_engine: auto` resolved to vllm, a weight source the vLLM engine cannot stream falls back to the
     transformers engine (logged); the kind returned is the one really used (the trainer records it)."""
-    from .engines.vllm_engine import VLLMAnchorUnsupported
+    from .engines.vllm_colocated import VLLMAnchorUnsupported
 
     args = trainer.args
     kind = args.cat_anchor_engine

@@ -37,8 +37,10 @@ from .components import (
 from .estimators.across_ranks import estimate_all, gather_all, gather_groups, local_references
 from .estimators.diagnostics import aggregate, analyse_group
 from .rewards.verifiable import CaTMathReward
+from .engines.overlap import OverlappedEngine
 from .trl_compat import (
     extra_vllm_llm_kwargs,
+    generated_completions,
     holding_all_rewards_none_warning,
     install_weight_sync,
     log_completion_column,
@@ -143,7 +145,12 @@ class CaTGRPOTrainer(GRPOTrainer):
         if estimator is None and args.cat_estimator != "majority" and anchor_engine is None:
             anchor_engine, self.cat_anchor_source, self.cat_anchor_kind = build_anchor_engine(
                 self, anchor_model_name_or_path)
+        if anchor_engine is not None and self.cat_anchor_kind == "openai" and args.cat_anchor_overlap:
+            # the server works on a rank's syntheses while TRL computes log-probs (see engines/overlap.py)
+            anchor_engine = OverlappedEngine(anchor_engine)
         self.cat_engine = anchor_engine
+        self.cat_anchor_failed_groups_total = 0
+        self._cat_stats_before: dict | None = None
         if self.cat_judge is not None and args.cat_judge_engine == "anchor":
             if anchor_engine is None:  # e.g. physician_rubric, which builds no anchor
                 raise ValueError("cat_judge_engine=anchor needs the synthesis anchor engine")
@@ -169,6 +176,36 @@ class CaTGRPOTrainer(GRPOTrainer):
         training starts, then restarted by every training reward call."""
         self._cat_last_cycle = time.perf_counter()
 
+    def _cat_seed_anchor(self) -> None:
+        if self.args.cat_anchor_seed is not None and hasattr(self.cat_estimator, "sampling"):
+            # Reproducible yet step- and rank-dependent: the same run re-synthesizes the same references.
+            seed = self.args.cat_anchor_seed + 100_003 * self.state.global_step + self.accelerator.process_index
+            self.cat_estimator.sampling = replace(self.cat_estimator.sampling, seed=seed)
+
+    def _generate(self, prompts):
+        """TRL's generation; then, with an overlapped server anchor, this rank's synthesis requests are sent right away
+        (collected in `_calculate_rewards`, after TRL's log-prob passes)."""
+        output = super()._generate(prompts)
+        if isinstance(self.cat_engine, OverlappedEngine):
+            self._cat_send_anchor(prompts, generated_completions(output))
+        return output
+
+    def _cat_send_anchor(self, prompts, completions) -> None:
+        """The first anchor call of this rank's groups, exactly as `estimate_all` will make it (same groups dealt to
+        this rank, same seed), started in the background."""
+        from accelerate import PartialState
+
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        batch = gather_groups(prompts, completions, num_generations)  # collective: every rank is in _generate
+        self._cat_seed_anchor()
+        state = PartialState()
+        mine = [batch.groups[g] for g in range(state.process_index, len(batch.groups), state.num_processes)]
+        request = self.cat_estimator.anchor_request(mine)
+        self._cat_stats_before = self.cat_engine.stats.snapshot()
+        if request is not None:
+            self.cat_engine.prefetch(request.conversations, request.sampling, request.chat_template_kwargs)
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
@@ -180,11 +217,10 @@ class CaTGRPOTrainer(GRPOTrainer):
         start = time.perf_counter()
 
         batch = gather_groups(prompts, completions, num_generations)
-        if self.args.cat_anchor_seed is not None and hasattr(self.cat_estimator, "sampling"):
-            # Reproducible yet step- and rank-dependent: the same run re-synthesizes the same references.
-            seed = self.args.cat_anchor_seed + 100_003 * self.state.global_step + self.accelerator.process_index
-            self.cat_estimator.sampling = replace(self.cat_estimator.sampling, seed=seed)
+        self._cat_seed_anchor()
         stats_before = self.cat_engine.stats.snapshot() if self.cat_engine is not None else None
+        if self._cat_stats_before is not None:  # counted from when the overlapped requests left
+            stats_before, self._cat_stats_before = self._cat_stats_before, None
         references = estimate_all(self.cat_estimator, batch.groups)
         anchor_seconds = time.perf_counter() - start
         local = local_references(batch, references)
@@ -257,6 +293,20 @@ class CaTGRPOTrainer(GRPOTrainer):
         verifiable = not self.args.open_ended and getattr(self.cat_estimator, "extract_answer", True) is not None
         metrics = aggregate(diags, batch.num_generations, verifiable=verifiable)
         metrics["anchor_seconds"] = anchor_seconds
+        timing = self.cat_engine.take_timing() if isinstance(self.cat_engine, OverlappedEngine) else None
+        if timing is not None:
+            # how long the overlapped requests ran before the reward step asked, and how long it then waited
+            metrics["anchor_hidden_seconds"], metrics["anchor_wait_seconds"] = timing
+        failed = sum(bool(r.diagnostics.get("anchor_failed")) for r in references)
+        if failed or self.cat_anchor_failed_groups_total:
+            self.cat_anchor_failed_groups_total += failed
+            metrics["anchor_failed_groups"] = failed
+            metrics["anchor_failed_groups_total"] = self.cat_anchor_failed_groups_total
+        if failed and self.accelerator.is_main_process:
+            logger.warning("cat-trl: the anchor server could not answer for %d of %d group(s) this step (%d in the "
+                           "run); they get no reward: %s", failed, len(references),
+                           self.cat_anchor_failed_groups_total,
+                           getattr(self.cat_engine, "last_failure", None) or "no detail")
         formats = [r.diagnostics["format_failure"] for r in references if "format_failure" in r.diagnostics]
         if formats:  # syntheses without the `# UNIFIED RESPONSE` heading: their whole output is the reference
             metrics["reference_format_failure"] = sum(formats) / len(formats)

@@ -256,6 +256,13 @@ def use_adapter(model, adapter_name: str | None):
     return trl_use_adapter(model, adapter_name)
 
 
+def generated_completions(generate_output: tuple) -> list:
+    """The decoded completions in what TRL 1.16's `GRPOTrainer._generate` returns: `(prompt_ids, completion_ids,
+    tool_mask, completions, sampling_logps, extra_fields, images, tool_images)`. `CaTGRPOTrainer` reads them there to
+    send the server anchor's requests before TRL's log-prob passes (the overlap seam; pinned by a test)."""
+    return generate_output[3]
+
+
 def log_completion_column(trainer, name: str, values: list) -> None:
     """Add a column to TRL's completions table (`log_completions`) for the current batch (`_log_completion_extra`)."""
     trainer._log_completion_extra(name, values)

@@ -46,7 +46,7 @@ def main() -> None:
     from cat_trl.config import CaTGRPOConfig
     from cat_trl.distributed import reshard_fsdp2
     from cat_trl.engines import SamplingSettings
-    from cat_trl.engines.vllm_engine import build_vllm_anchor
+    from cat_trl.engines.vllm_colocated import build_vllm_anchor
     from cat_trl.estimators.prompts import MATH_SYNTHESIS_PROMPT, build_synthesis_prompt
 
     peft = cli.mode == "peft"

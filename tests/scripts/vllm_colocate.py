@@ -49,7 +49,7 @@ def main() -> None:
     from cat_trl.config import CaTGRPOConfig
     from cat_trl.data import load_synthetic_math
     from cat_trl.engines import SamplingSettings, TransformersEngine
-    from cat_trl.engines.vllm_engine import build_vllm_anchor
+    from cat_trl.engines.vllm_colocated import build_vllm_anchor
     from cat_trl.estimators import Group, MinPPLEstimator, MutualPredictabilityEstimator
     from cat_trl.estimators.prompts import MATH_SYNTHESIS_PROMPT, build_synthesis_prompt
     from cat_trl.embedded_model import resolve_model_path

@@ -459,6 +459,22 @@ def resolve_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_engine_kind(engine: str | None) -> str:
+    """`auto` (or unset): `vllm` where vLLM is installed, else `transformers`; an explicit `vllm` without vLLM is refused
+    here, before any model loads."""
+    import importlib.util
+
+    installed = importlib.util.find_spec("vllm") is not None
+    if engine in (None, "", "auto"):
+        return "vllm" if installed else "transformers"
+    if engine not in ("vllm", "transformers"):
+        raise ValueError(f"engine must be auto, vllm or transformers, got {engine!r}")
+    if engine == "vllm" and not installed:
+        raise ValueError("engine: vllm, but vLLM is not installed in this environment (pip install vllm; on CPU "
+                         "`make setup-vllm`), or set engine: transformers")
+    return engine
+
+
 @dataclass
 class GraderArguments:
     """The physician-rubric grader (HealthBench): an OpenAI-compatible server or a local model."""

@@ -32,6 +32,7 @@ from .common import (
     check_at_least_one,
     check_fields,
     resolve_device,
+    resolve_engine_kind,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,14 @@ class EvalConfig(GraderArguments):
     single_rollouts: int | None = field(default=None, metadata={
         "help": "Rollouts per question graded for Single (unset: all max(G))."})
     # execution
-    batch_size: int | None = field(default=None, metadata={"help": "Sequences per engine micro-batch."})
+    engine: str = field(default="auto", metadata={
+        "help": "What decodes the pool and runs every method: `vllm` (a standalone vllm.LLM; micro-batching is "
+                "vLLM's), `transformers` (batched generate), `auto`: vllm where vLLM is installed, else transformers.",
+        "choices": ["auto", "vllm", "transformers"]})
+    vllm_llm_kwargs: dict[str, Any] | None = field(default=None, metadata={
+        "help": "Further vllm.LLM arguments of the vllm engine, e.g. {gpu_memory_utilization: 0.8}."})
+    batch_size: int | None = field(default=None, metadata={"help": "Sequences per engine micro-batch "
+                                                                    "(transformers)."})
     questions_per_call: int = field(default=8, metadata={"help": "Questions per pool-sampling call (one progress "
                                                                  "step)."})
     max_context: int | None = None
@@ -109,6 +117,20 @@ class EvalConfig(GraderArguments):
                     "anchor). Remove {question} (`synthesis_with_question` prepends the question itself) or list "
                     "only synthesis_with_question."
                 )
+
+    def engine_spec(self, device: str):
+        """The policy's engine (the pool and every method's anchor/selector calls)."""
+        from ..engines.factory import EngineSpec
+
+        kind = resolve_engine_kind(self.engine)
+        if kind == "vllm":
+            return EngineSpec("vllm", model=self.model_name_or_path, dtype=self.dtype, max_context=self.max_context,
+                              seed=self.seed, llm_kwargs=self.vllm_llm_kwargs)
+        if self.vllm_llm_kwargs:
+            raise ValueError("vllm_llm_kwargs is set but the engine is transformers: set engine: vllm (or remove "
+                             "vllm_llm_kwargs)")
+        return EngineSpec("transformers", model=self.model_name_or_path, dtype=self.dtype, device=device,
+                          batch_size=self.batch_size, max_context=self.max_context)
 
     def sampling(self):
         from ..engines.base import SamplingSettings
@@ -184,7 +206,7 @@ def run(config: EvalConfig, script_args) -> dict[str, Any]:
 
     from ..answers import AnswerMatcher, get_extractor
     from ..data import resolve_format
-    from ..engines.factory import EngineSpec, build_engine
+    from ..engines.factory import build_engine
     from ..estimators.prompts import MATH_SYNTHESIS_PROMPT
     from ..evaluation.report import write_reports
     from ..evaluation.testtime import build_methods, evaluate_pool, sample_pool
@@ -206,11 +228,11 @@ def run(config: EvalConfig, script_args) -> dict[str, Any]:
         if open_ended and config.grader_local:
             check_model_source(config.grader_local, "grader_local")
         device = resolve_device(config.device)
+        spec = config.engine_spec(device)
         scorer = _scorer(config, open_ended, matcher, extract, device)
     except (ValueError, FileNotFoundError, OSError) as err:
         raise EvalConfigError(str(err)) from err
-    engine = build_engine(EngineSpec("transformers", model=config.model_name_or_path, dtype=config.dtype,
-                                     device=device, batch_size=config.batch_size, max_context=config.max_context))
+    engine = build_engine(spec)
     sampling = config.sampling()
     gs = sorted(set(config.num_generations))
     start = time.perf_counter()
@@ -242,6 +264,8 @@ def run(config: EvalConfig, script_args) -> dict[str, Any]:
         "selector_sampling": selector.to_dict(),
         "seed": config.seed,
         "device": device,
+        "engine": engine.name,
+        "engine_kind": spec.kind,
         "pool_seconds": pool_seconds,
         "pool_generated_tokens": sum(sum(i.rollout_tokens) for i in items),
         "config": asdict(config),

@@ -33,6 +33,7 @@ from .common import (
     GraderArguments,
     check_at_least_one,
     check_fields,
+    resolve_engine_kind,
     resolve_device,
 )
 
@@ -65,7 +66,14 @@ class HealthBenchEvalArguments(GraderArguments):
     policy_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server serving --policy."})
     policy_max_new_tokens: int = 1024
     policy_temperature: float = 0.0
-    policy_batch_size: int = field(default=8, metadata={"help": "Local policy: sequences per generate call."})
+    policy_batch_size: int = field(default=8, metadata={"help": "Local policy: sequences per generate call "
+                                                                 "(transformers)."})
+    engine: str = field(default="auto", metadata={
+        "help": "What decodes a local policy: `vllm` (a standalone vllm.LLM), `transformers`, `auto`: vllm where vLLM "
+                "is installed. With a local grader on the same GPU, give vLLM a share: vllm_llm_kwargs "
+                "{gpu_memory_utilization: 0.5}.", "choices": ["auto", "vllm", "transformers"]})
+    vllm_llm_kwargs: dict[str, Any] | None = field(default=None, metadata={
+        "help": "Further vllm.LLM arguments of the vllm engine."})
     chat_template_kwargs: dict[str, Any] | None = field(default=None, metadata={
         "help": 'As in training, JSON or YAML, e.g. \'{"enable_thinking": false}\'.'})
     system_prompt: str | None = field(default=None, metadata={"help": "System message used in training, if any."})
@@ -89,6 +97,10 @@ class HealthBenchEvalArguments(GraderArguments):
         if self.policy_base_url and not self.policy:
             raise ValueError("--policy-base-url needs --policy (the served model name)")
         check_fields(self)
+        kind = resolve_engine_kind(self.engine)  # an explicit vllm without vLLM installed is refused here
+        if self.vllm_llm_kwargs and (kind != "vllm" or self.policy_base_url or self.responses):
+            raise ValueError("vllm_llm_kwargs is set but no local policy decodes with vLLM (engine: vllm, a --policy "
+                             "checkpoint, no --policy-base-url)")
         check_at_least_one(self, "max_examples", "policy_max_new_tokens", "policy_batch_size", "grader_max_attempts",
                            "grader_max_new_tokens", "grader_batch_size", "bootstrap_samples")
 
@@ -149,6 +161,8 @@ def _responses(args, examples: list[dict]) -> list[str]:
     if args.policy_base_url:  # the policy server gets the grader's request concurrency (there is no separate key)
         spec = EngineSpec("openai", weights="server", model=args.policy, base_url=args.policy_base_url,
                           max_concurrency=args.grader_concurrency)
+    elif resolve_engine_kind(args.engine) == "vllm":
+        spec = EngineSpec("vllm", model=resolve_policy(args.policy)[0], llm_kwargs=args.vllm_llm_kwargs)
     else:
         spec = EngineSpec("transformers", model=resolve_policy(args.policy)[0], device=resolve_device(args.device),
                           batch_size=args.policy_batch_size)

@@ -16,8 +16,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..answers import AnswerMatcher
-from ..distributed import params_sharded
 from ..engines.base import Engine, SamplingSettings
+from ..engines.factory import live_policy_engine
 from ..evaluation.testtime import mean_se
 
 
@@ -112,6 +112,7 @@ class HeldOutEvaluator:
         if ood:
             out["ood"] = self._aggregate(ood)
         out["seconds"] = time.perf_counter() - start
+        out["engine"] = getattr(engine, "name", type(engine).__name__)
         out["problems"] = problems
         return out
 
@@ -124,34 +125,19 @@ class HeldOutEvaluator:
         return out
 
 
-def policy_engine(model, tokenizer, batch_size: int | None = None, accelerator=None) -> Engine:
-    """A transformers engine on the live policy (PEFT adapters active, as the policy generates).
-
-    With `accelerator` and a sharded policy (FSDP2, ZeRO-3, more than one process) the engine is collective: it
-    generates inside TRL's `unwrap_model_for_generation` (gathers ZeRO-3 parameters, turns gradient checkpointing off)
-    with every rank running the same number of micro-batches (`synced_gpus`), as the sharded anchor does."""
-    from ..engines.transformers_engine import TransformersEngine
-
-    if accelerator is None or not params_sharded(accelerator):
-        return TransformersEngine(model, tokenizer, batch_size=batch_size, name="policy")
-    from ..trl_compat import unwrap_for_generation
-
-    return TransformersEngine(lambda: unwrap_for_generation(model, accelerator), tokenizer, batch_size=batch_size,
-                              name="policy", collective=True,
-                              max_context_tokens=getattr(getattr(model, "config", None), "max_position_embeddings",
-                                                         None))
-
-
 class HeldOutEvalCallback(TrainerCallback):
     """Scores the policy on the held-out rows at the given global steps (0 = before the first update) and appends
     `{"step": s, **metrics}` to `records`. The model is put in eval mode for the evaluation and restored after."""
 
     def __init__(self, evaluator: HeldOutEvaluator, steps: list[int], tokenizer, records: list[dict],
-                 batch_size: int | None = None, on_record=None, accelerator=None):
+                 batch_size: int | None = None, on_record=None, accelerator=None, engine_for=None):
         self.evaluator, self.steps, self.tokenizer = evaluator, sorted(set(steps)), tokenizer
         self.records, self.batch_size, self.on_record = records, batch_size, on_record
-        #: the trainer's accelerator: a sharded policy is scored as a collective (`policy_engine`)
+        #: the trainer's accelerator: a sharded policy is scored as a collective (`live_policy_engine`)
         self.accelerator = accelerator
+        #: model -> the engine that scores it; None: a transformers engine on the model itself. Compare sets the
+        #: policy in TRL's colocated vLLM engine here (`EngineSpec("vllm", weights="policy")`).
+        self.engine_for = engine_for
 
     def _score(self, step: int, model) -> None:
         from ..distributed import reshard_fsdp2
@@ -161,7 +147,8 @@ class HeldOutEvalCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            engine = policy_engine(model, self.tokenizer, self.batch_size, self.accelerator)
+            engine = (self.engine_for(model) if self.engine_for is not None
+                      else live_policy_engine(model, self.tokenizer, self.batch_size, self.accelerator))
             record = {"step": step, **self.evaluator.evaluate(engine)}
         finally:
             model.train(was_training)

@@ -51,6 +51,19 @@ def paired_table(results: dict[str, Any], split: str = "in") -> list[dict[str, A
     return rows
 
 
+def _code(results: dict[str, Any]) -> str:
+    """The git revision(s) the results came from: every piece's, once each."""
+    gits = [(p.get("provenance") or {}).get("git") or {} for p in results.get("pieces") or []] or \
+        [(results.get("provenance") or {}).get("git") or {}]
+    names = []
+    for git in gits:
+        name = f"{str(git.get('revision'))[:12]}{' (dirty)' if git.get('dirty') else ''}"
+        if name not in names:
+            names.append(name)
+    pieces = len(results.get("pieces") or [])
+    return f"git {', '.join(names)}" + (f" ({pieces} pieces)" if pieces > 1 else "")
+
+
 def markdown(results: dict[str, Any], machine: str | None = None) -> str:
     from .stats import describe, mean_spread
 
@@ -68,7 +81,7 @@ def markdown(results: dict[str, Any], machine: str | None = None) -> str:
         f"lr {results['settings']['learning_rate']}, model `{results['settings']['model']}`, seeds "
         f"{', '.join(str(r['seed']) for r in runs.values())}. Wall time {results['wall_seconds'] / 60:.1f} min"
         + (f" on {machine}." if machine else "."),
-        f"Code: git {str(git.get('revision'))[:12]}{' (dirty)' if git.get('dirty') else ''}; configuration sha256 "
+        f"Code: {_code(results)}; configuration sha256 "
         f"{str(results.get('config_sha256'))[:12]} (the full configuration of every arm is in compare_results.json).",
     ]
     for key, run in runs.items():

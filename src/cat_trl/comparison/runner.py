@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..answers import AnswerMatcher, get_extractor
-from .heldout import HeldOutEvalCallback, HeldOutEvaluator, HeldOutSettings, policy_engine, split_heldout
+from .heldout import HeldOutEvalCallback, HeldOutEvaluator, HeldOutSettings, split_heldout
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ class CompareArguments:
     heldout_max_new_tokens: int = field(default=256, metadata={"help": "Output tokens of held-out answers."})
     heldout_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of pass@1."})
     heldout_batch_size: int | None = field(default=None, metadata={"help": "Sequences per evaluation micro-batch."})
+    heldout_engine: str = field(default="auto", metadata={
+        "help": "What decodes the held-out answers. `vllm`: the policy in TRL's colocated vLLM engine (needs use_vllm: "
+                "true, vllm_mode: colocate; synced before each point, step 0 included: no second engine); "
+                "`transformers`: the policy model itself; `auto`: vllm when the recipe colocates vLLM, else "
+                "transformers.", "choices": ["auto", "vllm", "transformers"]})
     sft_learning_rate: float = field(default=5e-5, metadata={"help": "CaT-SFT learning rate (paper: 5e-5)."})
     sft_lora_r: int = field(default=32, metadata={"help": "CaT-SFT LoRA rank (paper: 32)."})
     sft_batch_size: int = field(default=32, metadata={"help": "CaT-SFT effective batch size (paper: 32)."})
@@ -82,6 +87,8 @@ class CompareArguments:
         for name in ("heldout_size", "heldout_every", "heldout_max_new_tokens", "sft_lora_r", "sft_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.heldout_engine not in ("auto", "vllm", "transformers"):
+            raise ValueError(f"heldout_engine must be auto, vllm or transformers, got {self.heldout_engine!r}")
         if self.heldout_k < 0:
             raise ValueError(f"heldout_k must be >= 0, got {self.heldout_k}")
         if self.sft_validation_size < 2:
@@ -130,6 +137,49 @@ def merge_pieces(previous: dict, new: dict) -> dict:
     pieces = previous.get("pieces") or [{k: previous.get(k) for k in ("provenance", "wall_seconds", "settings")}]
     return {**new, "runs": dict(sorted(runs.items())), "config": config, "config_sha256": config_digest(config),
             "pieces": [*pieces, {k: new.get(k) for k in ("provenance", "wall_seconds", "settings")}]}
+
+
+def merge_directories(sources: list[str], target: str) -> dict:
+    """Pieces of one experiment run side by side into separate output directories (e.g. one seed per machine, or two
+    processes on one), merged into `target` (which may be one of `sources`): `compare_results.json` by
+    `merge_pieces`, each piece's provenance kept once, the per-arm run directories copied. Pieces must share
+    `experiment_sha256` (the stored digests are compared: pieces made by another revision of the code merge when
+    their settings are the same). Returns the merged results; the caller writes the reports."""
+    loaded = []
+    for source in sources:
+        path = os.path.join(source, "compare_results.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no compare results to merge")
+        with open(path) as f:
+            loaded.append(json.load(f))
+    digests = {r.get("experiment_sha256") for r in loaded}
+    if len(digests) != 1 or None in digests:
+        raise ValueError(f"{', '.join(sources)} hold results of different configurations (experiment_sha256 "
+                         f"{sorted(str(d)[:12] for d in digests)}); only pieces of one experiment merge")
+    merged = loaded[0]
+    for result in loaded[1:]:
+        merged = merge_pieces(merged, result)
+    seen, pieces = set(), []
+    for piece in merged["pieces"]:
+        key = json.dumps(piece.get("provenance"), sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            pieces.append(piece)
+    merged["pieces"] = pieces
+    merged["wall_seconds"] = sum(p.get("wall_seconds") or 0.0 for p in pieces)
+    os.makedirs(target, exist_ok=True)
+    for source in sources:
+        if os.path.abspath(source) == os.path.abspath(target):
+            continue
+        for name in os.listdir(source):
+            src = os.path.join(source, name)
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(target, name), dirs_exist_ok=True)
+            elif name == "heldout.jsonl":
+                shutil.copyfile(src, os.path.join(target, name))
+    with open(os.path.join(target, "compare_results.json"), "w") as f:
+        json.dump(merged, f, indent=1, default=str)
+    return merged
 
 
 def _question_key(row: dict[str, Any]) -> str:
@@ -245,6 +295,12 @@ class Comparison:
             raise ValueError(f"{len(self.train_rows)} training problems after holding out {len(self.heldout_rows)}; one "
                              f"generation batch needs {prompts_per_batch}")
         self.steps = eval_steps(args.max_steps, self.compare_args.heldout_every)
+        colocated = bool(args.use_vllm) and args.vllm_mode == "colocate"
+        if self.compare_args.heldout_engine == "vllm" and not colocated:
+            raise ValueError("heldout_engine: vllm scores the policy in TRL's colocated vLLM engine: the recipe needs "
+                             "use_vllm: true and vllm_mode: colocate (or set heldout_engine: transformers)")
+        #: held-out points decoded by the policy in TRL's colocated vLLM engine (else by the policy model itself)
+        self.heldout_in_vllm = colocated and self.compare_args.heldout_engine != "transformers"
         self.matcher = AnswerMatcher(args.cat_match, args.cat_match_timeout)
         self.extract = get_extractor(args.cat_answer_extraction)
         self.evaluator = HeldOutEvaluator(self.heldout_rows, self.matcher, self.extract, HeldOutSettings(
@@ -358,7 +414,8 @@ class Comparison:
         args.model_init_kwargs = self._init_kwargs(args, model_args)
         model_path = self._model_path(model_args)
         records = [dict(initial["curve"][0])] if initial else []
-        callback = HeldOutEvalCallback(self.evaluator, self.steps, None, records,
+        # no initial score yet (held-out points in vLLM): this arm scores step 0, in its colocated engine
+        callback = HeldOutEvalCallback(self.evaluator, self.steps if initial else [0, *self.steps], None, records,
                                        batch_size=self.compare_args.heldout_batch_size,
                                        on_record=lambda r: logger.info("compare %s step %d: %s", arm, r["step"],
                                                                  {k: v for k, v in r.items() if k != "problems"}))
@@ -376,9 +433,15 @@ class Comparison:
                                      peft_config=peft_config_of(model_args), anchor_model_name_or_path=model_path)
         callback.tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
         callback.accelerator = trainer.accelerator  # FSDP2 / ZeRO-3: held-out points are scored as a collective
+        if self.heldout_in_vllm:  # the policy synced into TRL's colocated engine, one engine per point
+            from ..engines.factory import EngineSpec, build_engine
+
+            callback.engine_for = lambda model, trainer=trainer: build_engine(EngineSpec("vllm", weights="policy"),
+                                                                              trainer)
         trainer.add_callback(callback)
         trained = trained_questions(trainer, args)
         trainer.train()
+        callback.engine_for = None  # no reference to the trainer (and its vLLM engine) outlives this arm
         result = {"arm": arm, "curve": sorted(records, key=lambda r: r["step"]),
                   "seconds": time.perf_counter() - start, "diagnostics": _diagnostics(trainer.state.log_history),
                   "steps": trainer.state.global_step, "trained_questions": trained}
@@ -397,7 +460,7 @@ class Comparison:
         from trl import SFTConfig, SFTTrainer
 
         from ..engines.base import SamplingSettings
-        from ..engines.factory import EngineSpec, build_engine
+        from ..engines.factory import EngineSpec, build_engine, live_policy_engine
         from ..estimators import build_estimator
         from ..components import estimator_spec
         from .cat_sft import build_cat_sft_rows
@@ -456,7 +519,7 @@ class Comparison:
         model = trainer.model
         model.eval()
         record = {"step": args.max_steps, **self.evaluator.evaluate(
-            policy_engine(model, tokenizer, ca.heldout_batch_size, trainer.accelerator))}
+            live_policy_engine(model, tokenizer, ca.heldout_batch_size, trainer.accelerator))}
         evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
         best_step = min(evals, key=lambda e: e[1])[0] if evals else None
         curve = ([dict(initial["curve"][0])] if initial else []) + [record]
@@ -484,13 +547,14 @@ class Comparison:
             self.prepare()
         arms = self.compare_args.arms
         wall = time.perf_counter()
-        initial = self.run_initial()  # every arm's step 0; reported as `none` when asked for
+        # Every arm's step 0, reported as `none` when asked for. Held-out points in TRL's colocated vLLM engine: the
+        # first RL arm scores it there before its first update (no engine may be built beside the trainer's).
+        trains = any(a in (*RL_ARMS, "gold") for a in arms)
+        initial = None if self.heldout_in_vllm and trains else self.run_initial()
         runs = {}
         for seed in self.seeds():
             self.seed = seed
             results: dict[str, Any] = {}
-            if "none" in arms:
-                results["none"] = initial
             # CaT-SFT's questions: an RL arm's of this seed, from this piece or an earlier one in output_dir
             trained = self._earlier_trained_questions(seed) if seed is not None else \
                 self._earlier_trained_questions()
@@ -499,6 +563,11 @@ class Comparison:
                 results[arm] = (self.run_cat_sft(initial, trained) if arm == "cat_sft"
                                 else self.run_rl(arm, initial))
                 trained = results[arm].get("trained_questions") or trained
+                if initial is None:
+                    initial = {"arm": "none", "curve": [dict(results[arm]["curve"][0])], "diagnostics": {},
+                               "seconds": results[arm]["curve"][0].get("seconds", 0.0), "scored_in": arm}
+            if "none" in arms:
+                results = {"none": initial, **results}
             runs[self._run_key(seed)] = {"seed": seed, "arms": results}
         self.seed = None
         _, args, model_args = self.arm_args("none")

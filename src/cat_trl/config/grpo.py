@@ -122,6 +122,17 @@ class CaTGRPOConfig(GRPOConfig):
     cat_anchor_api_key_env: str = field(
         default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the anchor server's API key."}
     )
+    cat_anchor_timeout: float = field(default=120.0, metadata={"help": "Seconds per anchor request attempt (openai)."})
+    cat_anchor_max_retries: int = field(default=4, metadata={
+        "help": "Retries per anchor request after a transient failure (openai; the client's backoff schedule)."})
+    cat_anchor_on_failure: str = field(default="skip", metadata={
+        "choices": ["skip", "raise"],
+        "help": "An anchor request the server could not answer after its retries (down, 5xx, timed out): `skip` -- "
+                "that group gets no reward this step, counted in cat/anchor_failed_groups and the run summary; "
+                "`raise` -- the step fails on every rank (openai)."})
+    cat_anchor_overlap: bool = field(default=True, metadata={
+        "help": "Send the server anchor's synthesis requests as soon as a rank's rollouts are decoded and collect them "
+                "at the reward step, so that the server works while TRL computes log-probs (openai)."})
     cat_anchor_weights: str = field(
         default="auto",
         metadata={
@@ -331,6 +342,11 @@ class CaTGRPOConfig(GRPOConfig):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
+        if self.cat_anchor_timeout <= 0 or self.cat_anchor_max_retries < 0:
+            raise ValueError(f"cat_anchor_timeout must be > 0 and cat_anchor_max_retries >= 0, got "
+                             f"{self.cat_anchor_timeout} and {self.cat_anchor_max_retries}")
+        if self.cat_anchor_on_failure not in ("skip", "raise"):
+            raise ValueError(f"cat_anchor_on_failure must be skip or raise, got {self.cat_anchor_on_failure!r}")
         if self.cat_match_timeout <= 0:
             raise ValueError(f"cat_match_timeout must be > 0 seconds, got {self.cat_match_timeout}")
         if self.cat_anchor_max_new_tokens < 1:

@@ -37,7 +37,7 @@ def check_dataset(args: CaTGRPOConfig, model_args: Any, dataset) -> None:
                                         has_ref_model=args.beta > 0 and not model_args.use_peft,
                                         sync_ref_model=args.sync_ref_model)
         if args.cat_anchor_engine == "vllm" and not args.cat_anchor_engine_auto:  # `auto` may fall back
-            from ..engines.vllm_engine import check_vllm_anchor_sharding, launch_fsdp_version
+            from ..engines.vllm_colocated import check_vllm_anchor_sharding, launch_fsdp_version
 
             check_vllm_anchor_sharding(source, launch_fsdp_version(args))
     except ValueError as err:

@@ -6,7 +6,10 @@ configured the same way and the spec is complete before construction: nothing is
 caller's config) afterwards. Sampling is not part of the spec: it is per call (the estimator's, the judge's).
 
 Weight sources (`weights`):
-    copy       a separately loaded frozen checkpoint (`model`: path or alias); the only source without a trainer.
+    copy       a separately loaded frozen checkpoint (`model`: path or alias); the only source without a trainer
+               (`kind: vllm` without a trainer: a standalone `vllm.LLM`; with one: pi_0 in TRL's colocated engine).
+    policy     the trainer's live policy as it is now (held-out scoring during training): `kind: vllm` syncs it into
+               TRL's colocated engine, `kind: transformers` generates with the model itself.
     peft_base  the trainer's policy with its adapters off (or TRL's frozen "ref" copy of a pre-trained adapter).
     ref_model  TRL's reference model (beta > 0, sync_ref_model off): it *is* pi_0.
     server     a model served behind an OpenAI-compatible API (`kind: openai`; `model` = served name).
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EngineKind = Literal["transformers", "vllm", "openai"]
-WeightSource = Literal["copy", "peft_base", "ref_model", "server"]
+WeightSource = Literal["copy", "peft_base", "ref_model", "policy", "server"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,8 @@ class EngineSpec:
     """What to build.
 
     Args:
-        kind: `transformers` (in-process), `vllm` (time-shares the trainer's colocated vLLM engine) or `openai`
-            (any OpenAI-compatible server).
+        kind: `transformers` (in-process), `vllm` (a standalone `vllm.LLM`, or with a trainer its colocated vLLM
+            engine, time-shared) or `openai` (any OpenAI-compatible server).
         weights: where the weights come from (module docstring); `server` for `kind: openai`.
         model: checkpoint path or alias (`copy`), served model name (`openai`); for trainer-bound sources only a name.
         max_context: context window in tokens (None: the model's `max_position_embeddings`, vLLM's `max_model_len`,
@@ -50,8 +53,11 @@ class EngineSpec:
         batch_size: sequences per forward micro-batch (transformers); None = all at once.
         dtype, device, load_kwargs: how a `copy` is loaded (`load_kwargs` = the policy's `model_init_kwargs`, so the
             anchor loads exactly like the policy).
-        base_url, api_key_env, max_concurrency, timeout, max_retries, cache, cache_path: the HTTP client (`openai`).
+        base_url, api_key_env, max_concurrency, timeout, max_retries, cache, cache_path: the HTTP client (`openai`);
+            on_failure: `raise` or `skip` a request the server could not answer (`OpenAIEngine`).
         vllm_offload: `cpu` or `disk`, where a vLLM `copy` anchor keeps the checkpoint's tensors between calls.
+        llm_kwargs: further `vllm.LLM` arguments of a standalone vLLM engine (`gpu_memory_utilization`, ...).
+        seed: a standalone vLLM engine's seed (unseeded requests).
     """
 
     kind: EngineKind
@@ -70,6 +76,9 @@ class EngineSpec:
     cache: bool = True
     cache_path: str | None = None
     vllm_offload: str = "cpu"
+    llm_kwargs: dict[str, Any] | None = field(default=None, hash=False)
+    seed: int = 0
+    on_failure: str = "raise"
 
     def __post_init__(self):
         if self.kind not in ("transformers", "vllm", "openai"):
@@ -95,12 +104,23 @@ def build_engine(spec: EngineSpec, trainer: GRPOTrainer | None = None) -> Engine
         return OpenAIEngine(
             spec.base_url, spec.model, api_key_env=spec.api_key_env, max_concurrency=spec.max_concurrency,
             timeout=spec.timeout, max_retries=spec.max_retries, cache=spec.cache, cache_path=spec.cache_path,
-            max_context_tokens=spec.max_context,
+            max_context_tokens=spec.max_context, on_failure=spec.on_failure,
         )
-    if trainer is None and (spec.kind == "vllm" or spec.weights != "copy"):
+    if trainer is None and spec.weights != "copy":
         raise ValueError(f"a {spec.kind} engine on weights {spec.weights!r} shares a trainer's models: pass trainer=")
+    if spec.kind == "vllm" and trainer is None:
+        from ..embedded_model import resolve_model_path
+        from .vllm_engine import VLLMEngine
+
+        if not spec.model:
+            raise ValueError("a standalone vLLM engine needs `model` (a checkpoint path or alias)")
+        return VLLMEngine.from_pretrained(resolve_model_path(spec.model), dtype=spec.dtype, max_context=spec.max_context,
+                                          seed=spec.seed, llm_kwargs=spec.llm_kwargs)
     if spec.kind == "vllm":
         return _vllm_engine(spec, trainer)
+    if spec.weights == "policy":
+        tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+        return live_policy_engine(trainer.model, tokenizer, spec.batch_size, trainer.accelerator)
     if spec.weights == "copy":
         from ..embedded_model import resolve_model_path
         from .transformers_engine import TransformersEngine
@@ -115,6 +135,25 @@ def build_engine(spec: EngineSpec, trainer: GRPOTrainer | None = None) -> Engine
                 collective=collective,
             )
     return _shared_transformers_engine(spec, trainer)
+
+
+def live_policy_engine(model, tokenizer, batch_size: int | None = None, accelerator=None) -> Engine:
+    """A transformers engine on a live policy as it is now (PEFT adapters active, as the policy generates): the
+    `policy` weight source of `kind: transformers`, for a model whose trainer is not at hand (e.g. inside a callback).
+
+    With `accelerator` and a sharded policy (FSDP2, ZeRO-3, more than one process) the engine is collective: it
+    generates inside TRL's `unwrap_model_for_generation` (gathers ZeRO-3 parameters, turns gradient checkpointing off)
+    with every rank running the same number of micro-batches (`synced_gpus`), as the sharded anchor does."""
+    from .transformers_engine import TransformersEngine
+
+    if accelerator is None or not params_sharded(accelerator):
+        return TransformersEngine(model, tokenizer, batch_size=batch_size, name="policy")
+    from ..trl_compat import unwrap_for_generation
+
+    return TransformersEngine(lambda: unwrap_for_generation(model, accelerator), tokenizer, batch_size=batch_size,
+                              name="policy", collective=True,
+                              max_context_tokens=getattr(getattr(model, "config", None), "max_position_embeddings",
+                                                         None))
 
 
 def _copy_source(spec: EngineSpec, trainer) -> str:
@@ -170,8 +209,10 @@ def _shared_transformers_engine(spec: EngineSpec, trainer) -> Engine:
 
 
 def _vllm_engine(spec: EngineSpec, trainer) -> Engine:
-    from .vllm_engine import build_vllm_anchor
+    from .vllm_colocated import build_colocated_policy_engine, build_vllm_anchor
 
+    if spec.weights == "policy":
+        return build_colocated_policy_engine(trainer)
     checkpoint = None
     if spec.weights == "copy":
         from ..embedded_model import resolve_model_path

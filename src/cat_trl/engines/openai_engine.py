@@ -89,6 +89,10 @@ class OpenAIEngine(Engine):
         max_context_tokens: the served model's context window, if known (used for the synthesis budget).
         extra_body: extra JSON fields for every request (e.g. vLLM's `{"top_k": 20}`, `{"chat_template_kwargs":
             ...}`).
+        on_failure: what `generate` does with a request the server could not answer after its retries (down,
+            5xx, timed out): `raise` (`EngineUnavailableError`) or `skip` -- that request's generation comes back
+            empty with `finish_reason="error"` and is counted in `stats.extra["failed_requests"]`; the rest of the
+            call is kept. A request the server refuses (4xx: a configuration error) raises either way.
     """
 
     def __init__(
@@ -105,8 +109,12 @@ class OpenAIEngine(Engine):
         cache_path: str | None = None,
         max_context_tokens: int | None = None,
         extra_body: dict[str, Any] | None = None,
+        on_failure: str = "raise",
     ):
         super().__init__()
+        if on_failure not in ("raise", "skip"):
+            raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
+        self.on_failure = on_failure
         if not base_url:
             raise ValueError("OpenAIEngine needs base_url (e.g. http://127.0.0.1:8000/v1)")
         if not model:
@@ -125,7 +133,9 @@ class OpenAIEngine(Engine):
         self.cache_path = cache_path
         self._max_context = max_context_tokens
         self.extra_body = dict(extra_body or {})
-        self.stats.extra.update(http_requests=0, cache_hits=0, retries=0)
+        self.stats.extra.update(http_requests=0, cache_hits=0, retries=0, failed_requests=0)
+        #: the last request failure `skip` absorbed (for the trainer's one-line report)
+        self.last_failure: str | None = None
         self._setup()
 
     def _setup(self) -> None:
@@ -315,7 +325,15 @@ class OpenAIEngine(Engine):
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[Generation]:
         def one(conversation: Conversation) -> Generation:
-            data = self._post(self._body(conversation, sampling, chat_template_kwargs), self._check_completion)
+            try:
+                data = self._post(self._body(conversation, sampling, chat_template_kwargs), self._check_completion)
+            except EngineUnavailableError as err:
+                if self.on_failure == "raise":
+                    raise
+                with self._lock:
+                    self.stats.extra["failed_requests"] += 1
+                    self.last_failure = str(err)
+                return Generation("", 0, 0, "error")
             choice = data["choices"][0]
             text = choice["message"].get("content") or ''
             usage = data.get("usage") or {}

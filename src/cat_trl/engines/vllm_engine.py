@@ -1,231 +1,108 @@
-"""The anchor in TRL's colocated vLLM engine, time-shared with the policy (`cat_anchor_engine: vllm`).
+"""A `vllm.LLM` behind the `Engine` interface: generation, continuation log-probs and next-token log-probs.
 
-With `use_vllm: true, vllm_mode: colocate`, every GPU already hosts one `vllm.LLM` that TRL refreshes with the
-policy's weights before each generation. vLLM does not support a second `LLM` in the same process (and sleep mode
-allows one per process), so the anchor *borrows* that engine inside the reward step:
+`VLLMEngine` is the standalone engine (`EngineSpec("vllm", model=...)` without a trainer): `cat-trl eval`'s pool and
+methods, `healthbench-eval`'s policy and compare's initial scoring decode with it when vLLM is installed. The
+time-shared engines on TRL's colocated `LLM` (the anchor, the live policy for held-out scoring) subclass it in
+`vllm_colocated.py` and override only `_run` (borrow the engine, load the right weights, give it back): how requests
+are built and how vLLM's outputs are read back exists once, here.
 
-    wake weights (sleep mode) -> load pi_0's weights -> reset prefix cache -> wake KV cache (sleep mode)
-    -> [TP: gather the group's prompts] -> one `generate` for all of this rank's syntheses -> [TP: slice back]
-    -> sleep (sleep mode) -> mark the policy's weights stale (TRL re-syncs them before the next generation)
+The calls are the ones TRL 1.16 makes (`trl/generation/vllm_generation.py`): `generate` on token-id prompts with
+`SamplingParams`, rendered with the model's own chat template by its Hugging Face tokenizer (exactly as the
+transformers engine renders them, so budgets and prompts agree token for token). Micro-batching is vLLM's own.
 
-pi_0's weights come from (`cat_anchor_weights`): `peft_base` -- the policy's base weights with the adapter *not*
-merged (no extra memory); `ref_model` -- TRL's frozen reference model; `copy` -- the initial checkpoint's tensors,
-kept once in (pinned) CPU memory or streamed from its safetensors files on every call (`cat_vllm_anchor_offload`).
-Under FSDP2 and ZeRO-3 the first two are sharded: they are streamed one parameter at a time (FSDP2:
-`DTensor.full_tensor()`, ZeRO-3: TRL's `gather_params`), every rank taking part in every gather, exactly as TRL streams
-its sharded policy; no rank holds more than one full parameter beyond its shard.
-
-The vLLM calls are exactly the ones TRL 1.16 makes in `trl/generation/vllm_generation.py` (`load_weights` on the
-driver worker's model, `reset_prefix_cache`, `wake_up(tags=...)`, `sleep(level=2)`, `generate` on token-id prompts
-with `SamplingParams`), and nothing else, so this module stays as thin as TRL's own integration. It runs against real
-vLLM (the CPU build) in `make test-vllm`, DDP and FSDP2; sleep mode and TP > 1 (refused by vLLM's CPU build) are
-exercised with a stand-in (tests/test_vllm_anchor.py).
+Seeds: a seeded call gives request i its own seed derived from (call seed, i). vLLM seeds per request, so one seed for
+all would make the G identical prompts of a pool sample G identical rollouts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+import math
 from typing import Any
 
-import torch
-
-from ..trl_compat import (
-    colocated_llm,
-    fsdp_version,
-    load_weights_into_vllm,
-    mark_policy_stale,
-    policy_syncs,
-    set_weights_sleeping,
-    sleep_mode_enabled,
-    vllm_max_model_len,
-    vllm_param_gather,
-    vllm_tp_group,
-    vllm_tp_size,
-)
-from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget
+from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget, word_variants
 
 logger = logging.getLogger(__name__)
 
-WeightSource = Callable[[], Iterator[tuple[str, torch.Tensor]]]
+#: top log-probs asked of vLLM for next-token scoring (vLLM's default `max_logprobs`); a candidate token outside them
+#: is scored exactly by a second, prompt-log-prob request
+NEXT_TOKEN_TOP_K = 20
+
+#: `vllm.LLM` arguments the standalone engine sets from its own settings
+STANDALONE_RESERVED = frozenset({"model", "tokenizer", "dtype", "max_model_len", "seed"})
 
 
-def vllm_param_name(name: str) -> str:
-    """HF/PEFT/wrapper parameter name -> the name vLLM's `load_weights` expects (TRL's renaming rules)."""
-    name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-    for wrapper in ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module."):
-        name = name.replace(wrapper, "")
-    return name
+def request_seed(seed: int, index: int) -> int:
+    """Request `index`'s seed in a call seeded `seed`: distinct per request, reproducible per call, in vLLM's range."""
+    return (seed * 1_000_003 + index) % (2**31 - 1)
 
 
-def _full(param: torch.Tensor, device: torch.device | None) -> torch.Tensor:
-    """One parameter in full. An FSDP2 (`fully_shard`) parameter is a `DTensor` holding this rank's shard:
-    `full_tensor()` all-gathers it -- a collective, so every rank must walk the same parameters in the same order
-    (the anchor loads pi_0 on every rank, also ranks with no group to synthesize). As in TRL's
-    `_iter_fsdp2_params`, a CPU-offloaded shard moves to the device first (gloo/NCCL gather there)."""
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(param, DTensor):
-        if device is not None and param.device != device:
-            param = param.to(device)
-        return param.full_tensor()
-    return param.data
-
-
-def peft_base_weights(model, gather: Callable = contextlib.nullcontext, device=None) -> WeightSource:
-    """The PEFT policy's *unmerged* base weights: LoRA tensors skipped, `modules_to_save` replaced by the original
-    module they shadow -- i.e. pi_0 exactly, with no copy made. Sharded parameters (ZeRO-3: `gather`; FSDP2:
-    `DTensor`) are gathered one at a time, so no rank ever holds more than one full parameter beyond its shard."""
-
-    def source():
-        prefix = getattr(model, "prefix", "lora_")
-        for name, param in model.named_parameters():
-            if prefix in name or "modules_to_save." in name:
-                continue
-            with gather([param]):
-                yield vllm_param_name(name.replace("original_module.", "")), _full(param, device)
-
-    return source
-
-
-def module_weights(module, gather: Callable = contextlib.nullcontext, device=None) -> WeightSource:
-    """Every parameter of a (frozen) module, e.g. TRL's reference model, gathered one at a time (ZeRO-3: `gather`;
-    FSDP2: `DTensor.full_tensor()`)."""
-
-    def source():
-        for name, param in module.named_parameters():
-            with gather([param]):
-                yield vllm_param_name(name), _full(param, device)
-
-    return source
-
-
-def checkpoint_weights(path: str, offload: str = "cpu", device: str | torch.device | None = None) -> WeightSource:
-    """The initial checkpoint's tensors (`copy` mode). `offload="cpu"` reads them once into CPU memory (pinned when
-    CUDA is available, for fast host-to-device copies); `"disk"` streams them from the safetensors files on every
-    call (no resident copy; the page cache is shared between ranks on a node)."""
-    import glob
-    import os
-
-    from safetensors import safe_open
-
-    if not os.path.isdir(path):  # a hub id: the files vLLM itself loaded at start-up are in the local HF cache
-        from huggingface_hub import snapshot_download
-
-        path = snapshot_download(path, allow_patterns=["*.safetensors", "*.json"])
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(
-            f"cat_anchor_weights=copy with the vLLM anchor reads pi_0 from safetensors files, but {path!r} has none. "
-            "Point cat_anchor_model_name_or_path at a local checkpoint directory (e.g. from `hf download`)."
-        )
-    if offload not in ("cpu", "disk"):
-        raise ValueError(f"cat_vllm_anchor_offload must be 'cpu' or 'disk', got {offload!r}")
-
-    def stream():
-        for file in files:
-            with safe_open(file, framework="pt") as f:
-                for key in f.keys():
-                    yield key, f.get_tensor(key)
-
-    if offload == "disk":
-        return stream
-    pin = torch.cuda.is_available()
-    resident = [(k, t.pin_memory() if pin else t) for k, t in stream()]
-    logger.info("vLLM anchor: %d initial tensors kept in %sCPU memory (%.1f GiB)", len(resident),
-                "pinned " if pin else "", sum(t.numel() * t.element_size() for _, t in resident) / 2**30)
-    return lambda: iter(resident)
-
-
-class VLLMAnchorEngine(TokenizerBudget, Engine):
-    """Runs pi_0 in TRL's colocated `vllm.LLM` between two policy generations (see the module docstring).
+class VLLMEngine(TokenizerBudget, Engine):
+    """An in-process `vllm.LLM` (one per process: vLLM supports no second engine beside it).
 
     Args:
-        vllm_generation: TRL's `VLLMGeneration` (`trainer.vllm_generation`): its `llm`, `enable_sleep_mode`,
-            `tensor_parallel_size`, `tp_group` are used, and `_llm_weights_sleeping` is kept truthful.
-        weights: yields (vLLM name, tensor) for pi_0; a collective under ZeRO-3, so every rank calls `generate`
-            (the estimators always do, also with nothing to synthesize).
-        tokenizer: renders chat conversations to token ids (the policy's chat template).
-        mark_policy_stale: called after every anchor call; the trainer sets `_last_loaded_step = -1` so that TRL
-            pushes the policy's weights back before its next generation.
-        max_model_len: the engine's context window (vLLM's `max_model_len`), reported at start-up.
+        llm: the `vllm.LLM`.
+        tokenizer: the model's Hugging Face tokenizer (renders the chat template).
+        max_model_len: the context window (read from the engine when None).
+        name: recorded in logs.
         sampling_params_cls: `vllm.SamplingParams` (injectable for tests).
     """
 
-    collective = True
+    collective = False
 
-    def __init__(
-        self,
-        vllm_generation,
-        weights: WeightSource,
-        tokenizer,
-        *,
-        mark_policy_stale: Callable[[], None],
-        max_model_len: int | None = None,
-        sampling_params_cls=None,
-        name: str = "vllm-colocate",
-        device: torch.device | str | None = None,
-    ):
+    def __init__(self, llm, tokenizer, *, max_model_len: int | None = None, name: str = "vllm",
+                 sampling_params_cls=None):
         super().__init__()
-        self.vg = vllm_generation
-        self.weights = weights
+        self._llm = llm
         self.tokenizer = tokenizer
-        self.mark_policy_stale = mark_policy_stale
-        #: `vllm_generation.policy_syncs` when pi_0 was last loaded (None: not resident). While TRL has not pushed the
-        #: policy back since, pi_0 is still in the engine and consecutive anchor calls of one reward step (synthesis,
-        #: rubric proposal, an anchor judge) skip the reload. Never with sleep mode (weights discarded after a call).
-        self._pi0_loaded_at: int | None = None
-        self.skipped_loads = 0
         self.name = name
-        self.device = device
         if sampling_params_cls is None:
             from vllm import SamplingParams as sampling_params_cls  # noqa: N813
         self.sampling_params_cls = sampling_params_cls
         if max_model_len is None:
+            from ..trl_compat import vllm_max_model_len
+
             max_model_len = vllm_max_model_len(self.llm)
         self._max_context = max_model_len
-        self.weight_loads = 0
 
-    # ------------------------------------------------------------------ budget helpers (tokenizer-exact)
+    @classmethod
+    def from_pretrained(cls, path: str, *, dtype: str = "auto", max_context: int | None = None, seed: int = 0,
+                        llm_kwargs: dict[str, Any] | None = None, name: str | None = None) -> VLLMEngine:
+        """A new `vllm.LLM` on checkpoint `path`. `llm_kwargs` are further `vllm.LLM` arguments
+        (`gpu_memory_utilization`, `tensor_parallel_size`, `enforce_eager`, ...). On vLLM's CPU build the engine runs
+        eager unless told otherwise: its torch.compile warm-up takes minutes on a few cores."""
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        from ..trl_compat import vllm_runs_on_cpu
+
+        extra = dict(llm_kwargs or {})
+        reserved = sorted(STANDALONE_RESERVED & set(extra))
+        if reserved:
+            raise ValueError(f"vllm_llm_kwargs may not set {', '.join(reserved)}: the engine sets them from its own "
+                             "settings (model_name_or_path, dtype, max_context, seed)")
+        if vllm_runs_on_cpu():
+            extra.setdefault("enforce_eager", True)
+        kwargs = {"model": path, "dtype": dtype, "seed": seed, **extra}
+        if max_context:
+            kwargs["max_model_len"] = max_context
+        logger.info("vLLM engine: %s", {k: v for k, v in kwargs.items() if k != "model"} | {"model": path})
+        llm = LLM(**kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(llm, tokenizer, name=name or f"vllm:{path}")
+
+    @property
+    def llm(self):
+        return self._llm
 
     @property
     def max_context_tokens(self) -> int | None:
         return self._max_context
 
-    # ------------------------------------------------------------------ the time-shared engine
+    # ------------------------------------------------------------------ requests
 
-    @property
-    def llm(self):
-        return colocated_llm(self.vg)
-
-    @property
-    def _sleeps(self) -> bool:
-        return sleep_mode_enabled(self.vg)
-
-    def _load_anchor(self) -> None:
-        """pi_0's weights into the engine (after waking its weights in sleep mode), then a clean prefix cache: cached
-        KV blocks of the policy's prompts must not be reused under other weights. Skipped while pi_0 is still
-        resident (see `_pi0_loaded_at`)."""
-        syncs = policy_syncs(self.vg)
-        if self._pi0_loaded_at is not None and syncs == self._pi0_loaded_at and not self._sleeps:
-            self.skipped_loads += 1
-            return
-        self._pi0_loaded_at = None
-        if self._sleeps:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self.llm.wake_up(tags=["weights"])
-            set_weights_sleeping(self.vg, False)
-        device = None if self.device is None else torch.device(self.device)
-        tensors = ((name, t if device is None or t.device == device else t.to(device, non_blocking=True))
-                   for name, t in self.weights())
-        load_weights_into_vllm(self.llm, tensors)  # load_weights on GPU, reload_weights on CPU (trl_compat)
-        self.llm.reset_prefix_cache()
-        self.weight_loads += 1
-        self._pi0_loaded_at = syncs
-
-    def _sampling_params(self, sampling: SamplingSettings, **extra):
+    def _params(self, sampling: SamplingSettings, n_requests: int, **extra):
+        """One `SamplingParams` for the call, or one per request when the call is seeded (see the module docstring)."""
         kwargs = dict(
             n=1,
             temperature=sampling.temperature,
@@ -234,37 +111,23 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
             min_p=0.0 if sampling.min_p is None else sampling.min_p,
             repetition_penalty=sampling.repetition_penalty,
             max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
             stop=list(sampling.stop) or None,
+            # the stop string stays in the text, as the transformers engine keeps it
+            include_stop_str_in_output=bool(sampling.stop),
         )
         kwargs.update(extra)
-        return self.sampling_params_cls(**kwargs)
+        if sampling.seed is None:
+            return self.sampling_params_cls(**kwargs, seed=None)
+        return [self.sampling_params_cls(**kwargs, seed=request_seed(sampling.seed, i)) for i in range(n_requests)]
 
-    def _run(self, prompt_ids: list[list[int]], params) -> list[Any]:
-        """One `generate` on the anchor's weights, the whole borrow/return protocol around it."""
-        tp = vllm_tp_size(self.vg)
-        self._load_anchor()
-        try:
-            if tp > 1:  # a TP group runs one engine: every rank must submit the same prompts
-                gathered: list[Any] = [None] * tp
-                torch.distributed.all_gather_object(gathered, prompt_ids, group=vllm_tp_group(self.vg))
-                all_ids = [p for chunk in gathered for p in chunk]
-            else:
-                all_ids = prompt_ids
-            if self._sleeps:
-                self.llm.wake_up(tags=["kv_cache"])
-            outputs = (self.llm.generate([{"prompt_token_ids": ids} for ids in all_ids], sampling_params=params,
-                                         use_tqdm=False) if all_ids else [])
-            if tp > 1:  # ranks may hold different numbers of groups: slice at this rank's offset in the gather
-                rank = torch.distributed.get_rank(group=vllm_tp_group(self.vg))
-                start = sum(len(chunk) for chunk in gathered[:rank])
-                outputs = outputs[start : start + len(prompt_ids)]
-            return outputs
-        finally:
-            if self._sleeps:
-                self.llm.sleep(level=2)
-                set_weights_sleeping(self.vg, True)
-            self.mark_policy_stale()
+    def _run(self, prompt_ids: list[list[int]], sampling: SamplingSettings, **extra) -> list[Any]:
+        """One `generate` over token-id prompts; outputs in the prompts' order. Subclasses on a shared engine wrap it."""
+        if not prompt_ids:
+            return []
+        return self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids],
+                                 sampling_params=self._params(sampling, len(prompt_ids), **extra), use_tqdm=False)
+
+    # ------------------------------------------------------------------ the Engine interface
 
     def generate(
         self,
@@ -274,7 +137,7 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
     ) -> list[Generation]:
         with self.counted_call() as call:
             prompt_ids = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
-            outputs = self._run(prompt_ids, self._sampling_params(sampling))
+            outputs = self._run(prompt_ids, sampling)
             results = []
             for ids, out in zip(prompt_ids, outputs):
                 completion = out.outputs[0]
@@ -299,95 +162,77 @@ class VLLMAnchorEngine(TokenizerBudget, Engine):
             pairs = [(self._prompt_ids(c, chat_template_kwargs),
                       self.tokenizer(t, add_special_tokens=False)["input_ids"])
                      for c, t in zip(conversations, continuations)]
-            params = self._sampling_params(SamplingSettings(max_new_tokens=1, temperature=0.0), prompt_logprobs=0)
-            outputs = self._run([p + c for p, c in pairs], params)
-            results = []
-            for (p, c), out in zip(pairs, outputs):
-                per_position = out.prompt_logprobs or []
-                row = []
-                for k, token in enumerate(c):
-                    entry = per_position[len(p) + k] if len(p) + k < len(per_position) else None
-                    lp = entry.get(token) if entry else None
-                    row.append(float(getattr(lp, "logprob", lp)) if lp is not None else float("-inf"))
-                results.append(row)
+            outputs = self._run([p + c for p, c in pairs], _GREEDY_ONE, prompt_logprobs=0)
+            results = [[_prompt_logprob(out, len(p) + k, token) for k, token in enumerate(c)]
+                       for (p, c), out in zip(pairs, outputs)]
             call.scored(len(pairs), sum(len(p) + len(c) for p, c in pairs))
         return results
 
+    def next_token_logprobs(
+        self,
+        conversations: list[Conversation],
+        candidates: tuple[str, ...],
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[dict[str, float]]:
+        """As `TransformersEngine.next_token_logprobs`: the log-probability that the reply starts with each
+        candidate (its spellings' distinct first tokens pooled). Read from the top `NEXT_TOKEN_TOP_K` log-probs of a
+        one-token greedy request; a first token outside them is scored exactly with a prompt-log-prob request on
+        prompt + that token, so the result never depends on the top-k cut."""
+        with self.counted_call() as call:
+            first = self._first_tokens(candidates)
+            prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
+            outputs = self._run(prompts, _GREEDY_ONE, logprobs=NEXT_TOKEN_TOP_K)
+            wanted = sorted(set().union(*first.values()))
+            found: list[dict[int, float]] = []
+            missing: list[tuple[int, int]] = []
+            for i, out in enumerate(outputs):
+                tops = (out.outputs[0].logprobs or [{}])[0] or {}
+                row = {t: _value(tops[t]) for t in wanted if t in tops}
+                found.append(row)
+                missing += [(i, t) for t in wanted if t not in row]
+            if missing:  # exact log-prob of a token outside the top-k: the prompt's last position, with it appended
+                extra = self._run([prompts[i] + [t] for i, t in missing], _GREEDY_ONE, prompt_logprobs=0)
+                for (i, t), out in zip(missing, extra):
+                    found[i][t] = _prompt_logprob(out, len(prompts[i]), t)
+            results = [{cand: _logsumexp([row[t] for t in sorted(first[cand])]) for cand in candidates}
+                       for row in found]
+            call.scored(len(prompts) + len(missing), sum(len(p) for p in prompts))
+            self.stats.extra["next_token_exact_requests"] = self.stats.extra.get(
+                "next_token_exact_requests", 0) + len(missing)
+        return results
 
-class VLLMAnchorUnsupported(ValueError):
-    """The vLLM anchor cannot stream pi_0's weights in this setting; `cat_anchor_engine: auto` then falls back to the
-    transformers anchor (logged), an explicit `vllm` raises this."""
+    def _first_tokens(self, candidates: tuple[str, ...]) -> dict[str, set[int]]:
+        """First token of every spelling of every candidate; a token shared by two candidates counts for neither
+        (the transformers engine's rule)."""
+        first: dict[str, set[int]] = {}
+        for cand in candidates:
+            first[cand] = {ids[0] for v in word_variants(cand)
+                           if (ids := self.tokenizer(v, add_special_tokens=False)["input_ids"])}
+        for cand in candidates:
+            others = set().union(*(first[c] for c in candidates if c != cand))
+            first[cand] = first[cand] - others
+            if not first[cand]:
+                raise ValueError(f"candidate {cand!r} has no first token distinct from the other candidates")
+        return first
 
 
-def launch_fsdp_version(args) -> int | None:
-    """The FSDP version this launch will shard with, known before any model loads: from the training arguments'
-    `fsdp_config` (transformers' `fsdp_plugin_args`) or an `accelerate launch` FSDP config (`ACCELERATE_USE_FSDP`,
-    `FSDP_VERSION`, which accelerate defaults to 1). None: not an FSDP launch."""
-    import os
-
-    plugin_args = getattr(args, "fsdp_plugin_args", None)
-    if plugin_args:
-        return int(plugin_args.get("fsdp_version", 2))
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes"):
-        return int(os.environ.get("FSDP_VERSION", "1"))
-    return None
+_GREEDY_ONE = SamplingSettings(max_new_tokens=1, temperature=0.0)
 
 
-def check_vllm_anchor_sharding(source: str, fsdp_version: int | None) -> None:
-    """Refuse the one sharded launch the vLLM anchor cannot stream pi_0 from: FSDP1 with a policy-sharing source.
-
-    FSDP2 parameters are `DTensor`s, gathered one at a time (`_full`), as TRL streams its FSDP2 policy. FSDP1 flattens
-    a module's parameters into one `FlatParameter` that only `summon_full_params` unflattens, module by module; cat-trl
-    does not walk that (FSDP1 is legacy in accelerate and needs GPUs, so it could not be tested). ZeRO-3 goes through
-    TRL's own `gather_params`. Called by `cat-trl train` before any model loads and by `build_vllm_anchor`.
-    """
-    if fsdp_version == 1 and source in ("peft_base", "ref_model"):
-        raise VLLMAnchorUnsupported(
-            f"cat_anchor_weights={source} with the vLLM anchor needs FSDP2 (fsdp_version: 2, as in "
-            "accelerate_configs/fsdp2.yaml), not FSDP1; or use cat_anchor_weights: copy or cat_anchor_engine: transformers."
-        )
+def _value(logprob) -> float:
+    return float(getattr(logprob, "logprob", logprob))
 
 
-def build_vllm_anchor(trainer, source: str, checkpoint: str | None, offload: str = "cpu", *,
-                      max_context: int | None = None) -> VLLMAnchorEngine:
-    """The time-shared anchor for a `GRPOTrainer` with `use_vllm: true, vllm_mode: colocate`. `max_context` caps the
-    anchor's context below the engine's `max_model_len` (a larger value is refused: vLLM could not serve it)."""
-    args = trainer.args
-    vg = getattr(trainer, "vllm_generation", None)
-    if not args.use_vllm or args.vllm_mode != "colocate" or vg is None or colocated_llm(vg) is None:
-        raise ValueError(
-            "cat_anchor_engine=vllm time-shares TRL's colocated vLLM engine: it needs use_vllm: true and "
-            "vllm_mode: colocate. With vllm_mode: server, serve pi_0 separately (`vllm serve <initial model>`) and use "
-            "cat_anchor_engine: openai, or use cat_anchor_engine: transformers."
-        )
-    gather = vllm_param_gather(vg)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if trainer.is_fsdp_enabled:
-        check_vllm_anchor_sharding(source, fsdp_version(trainer.accelerator))
-    device = trainer.accelerator.device
-    if source == "peft_base":
-        if "ref" in getattr(model, "peft_config", {}):
-            raise VLLMAnchorUnsupported(
-                "The policy is a pre-trained adapter (pi_0 = base + that adapter); the vLLM anchor streams unmerged "
-                "base weights only. Use cat_anchor_weights: copy with cat_anchor_model_name_or_path = the merged "
-                "initial checkpoint, or cat_anchor_engine: transformers."
-            )
-        weights = peft_base_weights(model, gather, device)
-    elif source == "ref_model":
-        weights = module_weights(trainer.accelerator.unwrap_model(trainer.ref_model), gather, device)
-    else:
-        if checkpoint is None:
-            raise ValueError("cat_anchor_weights=copy with the vLLM anchor needs the initial checkpoint's path")
-        weights = checkpoint_weights(checkpoint, offload, device)
+def _prompt_logprob(output, position: int, token: int) -> float:
+    """The log-prob vLLM reported for prompt token `token` at `position` (-inf when it reported none)."""
+    per_position = output.prompt_logprobs or []
+    entry = per_position[position] if position < len(per_position) else None
+    lp = entry.get(token) if entry else None
+    return _value(lp) if lp is not None else float("-inf")
 
-    limit = vllm_max_model_len(colocated_llm(vg))
-    if max_context and limit and max_context > limit:
-        raise ValueError(f"cat_anchor_max_context={max_context} exceeds the colocated vLLM engine's "
-                         f"max_model_len={limit}; raise vllm_max_model_length or lower it.")
-    tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-    engine = VLLMAnchorEngine(vg, weights, tokenizer, mark_policy_stale=lambda: mark_policy_stale(trainer),
-                              max_model_len=max_context or limit, name=f"vllm-colocate:{source}",
-                              device=trainer.accelerator.device)
-    logger.info("CaT anchor: time-shared colocated vLLM engine (weights from %s), max_model_len=%s", source,
-                engine.max_context_tokens)
-    return engine
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    if top == float("-inf"):
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values))

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engines.base import Conversation
+from ..engines.base import Conversation, SamplingSettings
 
 
 @dataclass
@@ -44,6 +44,16 @@ class Reference:
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class AnchorRequest:
+    """The first engine call `estimate` will make for some groups, known before it is made: what the trainer sends
+    ahead (`OverlappedEngine.prefetch`) so that a server anchor works while the policy's log-probs are computed."""
+
+    conversations: list[Conversation]
+    sampling: SamplingSettings
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
 class ReferenceEstimator(ABC):
     """Maps groups to references. Subclasses set `name` and whether they call an engine."""
 
@@ -54,6 +64,11 @@ class ReferenceEstimator(ABC):
     @abstractmethod
     def estimate(self, groups: list[Group]) -> list[Reference]:
         """One reference per group, in order. Must accept an empty list. Must not raise on malformed completions."""
+
+    def anchor_request(self, groups: list[Group]) -> AnchorRequest | None:
+        """The engine call `estimate(groups)` starts with, exactly as it will make it (None: none, or not knowable in
+        advance). Must not call the engine."""
+        return None
 
 
 class NoReference(ReferenceEstimator):

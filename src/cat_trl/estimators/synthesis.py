@@ -8,7 +8,7 @@ from typing import Any
 
 from ..answers import extract_boxed
 from ..engines.base import Engine, SamplingSettings
-from .base import Group, Reference, ReferenceEstimator
+from .base import AnchorRequest, Group, Reference, ReferenceEstimator
 from .prompts import (
     MATH_SYNTHESIS_PROMPT,
     UNIFIED_HEADER,
@@ -121,18 +121,28 @@ class SynthesisEstimator(ReferenceEstimator):
         fitted = [c if n <= cap else self.engine.truncate_tokens(c, keep) for c, n in zip(group.completions, lengths)]
         return fitted, sum(n > cap for n in lengths)
 
-    def _run_anchor(self, groups: list[Group]) -> tuple[list[str], list[int], list, list[list[str]]]:
-        """One engine call for all groups: (prompts, rollouts truncated per group, generations, the rollouts as the
-        anchor saw them)."""
+    def _plan(self, groups: list[Group]) -> tuple[list[str], list[int], list[list[str]]]:
+        """(synthesis prompts, rollouts truncated per group, the rollouts as the anchor sees them)."""
         prompts, truncated, fitted = [], [], []
         for group in groups:
             completions, n_truncated = self._fit(group)
             prompts.append(build_synthesis_prompt(self.template, completions, group.question, self.include_question))
             truncated.append(n_truncated)
             fitted.append(completions)
-        outputs = self.engine.generate(
-            [[{"role": "user", "content": p}] for p in prompts], self.sampling, self.chat_template_kwargs
-        )
+        return prompts, truncated, fitted
+
+    def anchor_request(self, groups: list[Group]) -> AnchorRequest:
+        prompts, _, _ = self._plan(groups)
+        return AnchorRequest([[{"role": "user", "content": p}] for p in prompts], self.sampling,
+                             self.chat_template_kwargs)
+
+    def _run_anchor(self, groups: list[Group]) -> tuple[list[str], list[int], list, list[list[str]]]:
+        """One engine call for all groups: (prompts, rollouts truncated per group, generations, the rollouts as the
+        anchor saw them)."""
+        prompts, truncated, fitted = self._plan(groups)
+        request = AnchorRequest([[{"role": "user", "content": p}] for p in prompts], self.sampling,
+                                self.chat_template_kwargs)
+        outputs = self.engine.generate(request.conversations, request.sampling, request.chat_template_kwargs)
         return prompts, truncated, outputs, fitted
 
     def estimate(self, groups: list[Group]) -> list[Reference]:
@@ -161,6 +171,8 @@ class SynthesisEstimator(ReferenceEstimator):
                         "anchor_prompt_tokens": out.prompt_tokens,
                         "anchor_completion_tokens": out.completion_tokens,
                         "anchor_finish_reason": out.finish_reason,
+                        # the engine could not get this synthesis (server down, 5xx, timed out; `skip` mode)
+                        "anchor_failed": out.finish_reason == "error",
                     },
                 )
             )
