@@ -6,7 +6,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-vllm quickstart quickstart-vllm compare eval bench bench-vllm bench-memory test test-slow test-vllm ci clean
+.PHONY: setup setup-vllm quickstart quickstart-vllm compare eval bench bench-vllm bench-memory bench-overlap bench-eval-engines test test-slow test-vllm ci clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,14 @@ bench-vllm: setup-vllm
 ## Peak memory of one vLLM-anchor call per rank: FSDP2-streamed reference model vs DDP vs copy (2 processes each).
 bench-memory: setup-vllm
 	$(VENV_VLLM)/bin/python benchmarks/anchor_memory.py --output benchmarks/results-anchor-memory-cpu.json
+
+## Server anchor answering after a fixed latency L: step time serial vs overlapped (loopback server, no network).
+bench-overlap: setup
+	$(PY) benchmarks/overlap_anchor.py --out benchmarks/results-overlap-cpu.json
+
+## cat-trl eval on vLLM vs transformers: same problems, G = 4, alternating processes.
+bench-eval-engines: setup-vllm
+	$(VENV_VLLM)/bin/python benchmarks/eval_engines.py --out benchmarks/results-eval-engines-cpu.json
 
 ## Default test suite (CPU, offline, ~9 min on 2 cores; 2-process DDP and FSDP2 runs included).
 test: setup

@@ -1,6 +1,7 @@
 """Step time of CaT-RL with a server anchor that answers after a fixed latency L, serial vs overlapped.
 
     python benchmarks/overlap_anchor.py --out benchmarks/results-overlap-cpu.json     # ~6 min on 2 CPU cores
+    .venv-vllm/bin/python benchmarks/overlap_anchor.py --vllm-server --out benchmarks/results-overlap-vllm-cpu.json
 
 The anchor is the scripted loopback server (benchmarks/loopback_anchor.py, in-process threads that sleep L seconds:
 no CPU use), so what is measured is the trainer's own critical path. Arms, interleaved (every repeat runs every arm
@@ -11,6 +12,11 @@ end of decoding and the reward call (TRL's old-policy and reference log-prob pas
 Model: the embedded SmolLM2-135M-Instruct, float32, beta = 0.04 (so there is a reference log-prob pass), G = 4, 2 groups
 per step, 32-token rollouts. Prints, per L: serial / plain and overlapped / plain step-time ratios, and checks the
 target overlapped <= max(plain, plain - W + L) x 1.05 (the anchor's latency hidden up to the log-prob time).
+
+`--vllm-server` (vLLM environment): the anchor is a real vLLM OpenAI-compatible server on loopback serving the same
+checkpoint (float32, eager), answering real syntheses, so L is whatever it takes; arms plain / serial / overlapped.
+On a machine with few cores the server and the trainer compete for them: the overlapped arm's server then slows the
+log-prob passes it overlaps with, so the CPU figure understates what separate GPUs or a separate node give.
 """
 
 from __future__ import annotations
@@ -48,14 +54,16 @@ def _trainer_class():
     return Timed
 
 
-def run_arm(arm: str, latency: float, url: str, control: str, model: str, steps: int, tmp: str) -> dict:
+def run_arm(arm: str, latency: float, url: str, control: str | None, model: str, steps: int, tmp: str,
+            served: str = "loopback-anchor") -> dict:
     from transformers import TrainerCallback
 
     from cat_trl import CaTGRPOConfig
     from cat_trl.data import load_synthetic_math
 
-    with open(control, "w") as f:
-        json.dump({"latency": latency}, f)
+    if control:
+        with open(control, "w") as f:
+            json.dump({"latency": latency}, f)
     times: list[float] = []
 
     class StepClock(TrainerCallback):
@@ -67,10 +75,10 @@ def run_arm(arm: str, latency: float, url: str, control: str, model: str, steps:
 
     args = CaTGRPOConfig(
         output_dir=tmp, use_cpu=True, bf16=False, num_generations=4, per_device_train_batch_size=8,
-        max_completion_length=32, max_steps=steps, activation_checkpointing=False, logging_steps=1,
+        max_completion_length=32, max_steps=steps, gradient_checkpointing=False, logging_steps=1,
         save_strategy="no", report_to=[], learning_rate=1e-6, seed=0, beta=0.04, temperature=1.0,
         model_init_kwargs={"dtype": "float32"}, cat_estimator="majority" if arm == "plain" else "synthesis",
-        cat_anchor_engine="openai", cat_anchor_base_url=url, cat_anchor_model_name_or_path="loopback-anchor",
+        cat_anchor_engine="openai", cat_anchor_base_url=url, cat_anchor_model_name_or_path=served,
         cat_anchor_max_new_tokens=32, cat_anchor_overlap=arm == "overlapped", cat_match="string",
         cat_answer_extraction="boxed_or_final", disable_tqdm=True)
     trainer = _trainer_class()(model=model, args=args, train_dataset=load_synthetic_math(64, seed=0))
@@ -92,7 +100,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--vllm-server", action="store_true", help="a real vLLM server as the anchor (vLLM env)")
     cli = parser.parse_args()
+    if cli.vllm_server:
+        return main_vllm_server(cli)
 
     import sys
 
@@ -146,6 +157,65 @@ def main() -> None:
         print(f"L={r['latency']:.1f}s  serial/plain {r['serial_over_plain']:.2f}  overlapped/plain "
               f"{r['overlapped_over_plain']:.2f}  overlapped/serial {r['overlapped_over_serial']:.2f}  target "
               f"{r['target_seconds']:.2f}s {'met' if r['meets_target'] else 'NOT met'}")
+    if cli.out:
+        with open(cli.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+def main_vllm_server(cli) -> None:
+    """The same arms against a real vLLM server on loopback (see the module docstring)."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from cat_trl.embedded_model import resolve_model_path
+    from cat_trl.evaluation.provenance import provenance
+
+    model = resolve_model_path("smollm2-135m-instruct")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tmp = tempfile.mkdtemp()
+    log = open(os.path.join(tmp, "server.log"), "w")
+    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+                               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096", "--dtype",
+                               "float32", "--enforce-eager", "--seed", "0"], stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        deadline = time.time() + 900
+        while True:
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the vLLM server did not come up; see {log.name}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        url = f"http://127.0.0.1:{port}/v1"
+        arms = ["plain", "serial", "overlapped"]
+        runs, start = [], time.perf_counter()
+        for rep in range(cli.repeats):
+            for arm in arms[rep % 3:] + arms[: rep % 3]:
+                runs.append({**run_arm(arm, 0.0, url, None, model, cli.steps, os.path.join(tmp, f"{arm}-{rep}"),
+                                       served=model), "repeat": rep})
+                print(f"[{time.perf_counter() - start:.0f}s] {arm}: {runs[-1]['step_seconds']}", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    arms_q = {arm: _q([x for r in runs if r["arm"] == arm for x in r["step_seconds"]]) for arm in arms}
+    result = {"benchmark": "overlap_anchor_vllm_server", "steps": arms_q,
+              "overlapped_over_serial": arms_q["overlapped"]["median"] / arms_q["serial"]["median"],
+              "serial_over_plain": arms_q["serial"]["median"] / arms_q["plain"]["median"],
+              "overlapped_over_plain": arms_q["overlapped"]["median"] / arms_q["plain"]["median"],
+              "runs": runs, "settings": {"repeats": cli.repeats, "steps_per_run": cli.steps,
+                                         "server": "vllm (vllm-cpu) float32 eager, loopback"},
+              "provenance": provenance(), "wall_seconds": time.perf_counter() - start}
+    for arm, q in arms_q.items():
+        print(f"{arm:10s} step {q['median']:.2f} s (IQR {q['q1']:.2f}-{q['q3']:.2f}, n={q['n']})")
+    print(f"overlapped/serial {result['overlapped_over_serial']:.2f}, serial/plain {result['serial_over_plain']:.2f}")
     if cli.out:
         with open(cli.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -2,18 +2,23 @@
 
     python benchmarks/vllm_step.py                       # G=8, 4 prompts per step, 48 tokens, 2 x 2 processes
     python benchmarks/vllm_step.py --reps 3 --steps 6 --output benchmarks/results-vllm-cpu.json
+    python benchmarks/vllm_step.py --length 256 --synthesis-length 256     # a realistic rollout / synthesis ratio
 
 Both arms use TRL's colocated vLLM engine for rollouts (`use_vllm: true, vllm_mode: colocate`), the same model,
-prompts, G, lengths (rollouts forced to full length with vLLM's `min_tokens`) and seeds:
+prompts, G, lengths and seeds. Rollouts are forced to full length with vLLM's `min_tokens`, and so is the anchor's
+synthesis (`--synthesis-length`, default the rollout length: an anchor allowed to stop early would understate its
+share and vary from run to run):
 
 * `plain`: `GRPOTrainer` with a label reward (what CaT replaces);
 * `cat`  : `CaTGRPOTrainer`, synthesis estimator, anchor pi_0 time-shared in the same engine (`cat_anchor_engine: vllm`).
 
 vLLM supports one engine per process, so each arm runs in its own process; arms alternate (plain, cat, plain, ...) so
-that machine noise hits both. The first step of every process is dropped (warm-up). Printed: median step time of each
-arm with its min-max spread, their ratio (target <= 1.25), the anchor's cost split into loading pi_0's weights, its
-generation, and TRL's sync of the policy (which plain GRPO pays every step too), and vLLM vs transformers rollout
-throughput on the same prompts.
+that machine noise hits both; `--reps` processes per arm (default 2). The first step of every process is dropped
+(warm-up). Printed: median step time of each arm with its interquartile range, their ratio (target <= 1.25), the
+step split for both arms into rollouts (TRL's `_generate`, less the weight sync inside it), the log-prob passes
+(decoding end to the reward call), the reward (CaT: the anchor), backward/optimizer (the rest) and the weight sync;
+the anchor's own split into loading pi_0's weights and generation; and vLLM vs transformers rollout throughput on the
+same prompts.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -> None:
+def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str, synthesis: int | None = None) -> None:
     """One process, one engine: `steps` training steps of one arm; writes timings to `out` (JSON)."""
     import torch
     from trl import GRPOTrainer
@@ -61,7 +66,7 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -
         learning_rate=1e-6, seed=0, disable_tqdm=True, cat_log_groups=False,
         use_vllm=True, vllm_mode="colocate", vllm_max_model_length=4096, vllm_enable_sleep_mode=False,
         cat_vllm_llm_kwargs={"enforce_eager": True, "dtype": "float32"},
-        cat_anchor_engine="vllm", cat_anchor_weights="copy", cat_anchor_max_new_tokens=length,
+        cat_anchor_engine="vllm", cat_anchor_weights="copy", cat_anchor_max_new_tokens=synthesis or length,
     )
     data = load_synthetic_math(prompts * steps, seed=0, max_steps=1,
                                instruction="Put your final answer within \\boxed{}.")
@@ -76,9 +81,15 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -
                                   callbacks=[timer])
         install_weight_sync(trainer.vllm_generation)  # TRL's colocate sync on vLLM-CPU (see trl_compat)
     else:
+        from dataclasses import replace
+
         trainer = CaTGRPOTrainer(model=model, args=args, train_dataset=data, callbacks=[timer])
+        forced = synthesis or length  # the synthesis may not stop before this length either
+        trainer.cat_estimator.sampling = replace(trainer.cat_estimator.sampling, max_new_tokens=forced,
+                                                 min_new_tokens=forced)
     vg = trainer.vllm_generation
-    split = {"policy_sync_s": [], "pi0_load_s": []}
+    split = {"policy_sync_s": [], "pi0_load_s": [], "generate_s": [], "reward_s": [], "logprob_s": []}
+    marks: dict[str, float] = {}
 
     def timed(fn, key):
         def wrapper(*a, **k):
@@ -91,9 +102,26 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -
 
     vg.sync_weights = timed(vg.sync_weights, "policy_sync_s")
     if arm == "cat":
-        trainer.cat_engine._load_anchor = timed(trainer.cat_engine._load_anchor, "pi0_load_s")
+        trainer.cat_engine._load = timed(trainer.cat_engine._load, "pi0_load_s")
+    generate, rewards = trainer._generate, trainer._calculate_rewards
+
+    def timed_generate(*a, **k):
+        out = timed(generate, "generate_s")(*a, **k)
+        marks["decoded"] = time.perf_counter()
+        return out
+
+    def timed_rewards(*a, **k):
+        split["logprob_s"].append(time.perf_counter() - marks.pop("decoded"))
+        return timed(rewards, "reward_s")(*a, **k)
+
+    trainer._generate, trainer._calculate_rewards = timed_generate, timed_rewards
     trainer.train()
     result = {"arm": arm, "step_s": timer.times[1:], **{k: v[1:] for k, v in split.items()}}
+    # TRL syncs the policy inside `_generate`, once per step in both arms (the CaT arm's anchor marks the policy stale,
+    # plain GRPO's optimizer step does); the rest of the step is backward + optimizer
+    result["rollout_s"] = [g_ - s_ for g_, s_ in zip(result["generate_s"], result["policy_sync_s"])]
+    result["backward_s"] = [st - g_ - lp - rw for st, g_, lp, rw in zip(result["step_s"], result["generate_s"],
+                                                                          result["logprob_s"], result["reward_s"])]
     if arm == "cat":
         hist = [h for h in trainer.state.log_history if "cat/anchor_seconds" in h][1:]
         result["anchor_s"] = [h["cat/anchor_seconds"] for h in hist]
@@ -127,7 +155,10 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str) -
 
 
 def _summary(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)} if xs else {}
+    if not xs:
+        return {}
+    q1, _, q3 = statistics.quantiles(xs, n=4) if len(xs) > 1 else (xs[0], xs[0], xs[0])
+    return {"median": statistics.median(xs), "q1": q1, "q3": q3, "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
 def main(argv=None) -> int:
@@ -135,6 +166,8 @@ def main(argv=None) -> int:
     parser.add_argument("--g", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--length", type=int, default=48)
+    parser.add_argument("--synthesis-length", type=int, default=None, help="forced synthesis length (default: "
+                                                                            "--length)")
     parser.add_argument("--steps", type=int, default=5, help="steps per process (the first is dropped)")
     parser.add_argument("--reps", type=int, default=2, help="processes per arm, interleaved")
     parser.add_argument("--output", default=None)
@@ -142,7 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--arm-out", help=argparse.SUPPRESS)
     cli = parser.parse_args(argv)
     if cli.arm:
-        run_arm(cli.arm, cli.g, cli.prompts, cli.length, cli.steps, cli.arm_out)
+        run_arm(cli.arm, cli.g, cli.prompts, cli.length, cli.steps, cli.arm_out, cli.synthesis_length)
         return 0
 
     runs: dict[str, list[dict]] = {"plain": [], "cat": []}
@@ -152,7 +185,8 @@ def main(argv=None) -> int:
             for arm in ("plain", "cat"):
                 out = os.path.join(tmp, f"{arm}-{rep}.json")
                 cmd = [sys.executable, __file__, "--arm", arm, "--arm-out", out, "--g", str(cli.g), "--prompts",
-                       str(cli.prompts), "--length", str(cli.length), "--steps", str(cli.steps)]
+                       str(cli.prompts), "--length", str(cli.length), "--steps", str(cli.steps),
+                       *(["--synthesis-length", str(cli.synthesis_length)] if cli.synthesis_length else [])]
                 print(f"[{time.time() - started:6.0f}s] {arm} #{rep + 1}", flush=True)
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
@@ -171,6 +205,7 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
         "setting": {"G": cli.g, "prompts_per_step": cli.prompts, "completion_tokens": cli.length,
+                    "synthesis_tokens": cli.synthesis_length or cli.length,
                     "steps_per_process": cli.steps, "processes_per_arm": cli.reps, "vllm_dtype": "float32",
                     "enforce_eager": True},
         "plain_step_s": plain, "cat_step_s": cat,
@@ -182,14 +217,20 @@ def main(argv=None) -> int:
                                                                           pool("cat", "pi0_load_s"))]),
                            "policy_sync_cat": _summary(pool("cat", "policy_sync_s")),
                            "policy_sync_plain": _summary(pool("plain", "policy_sync_s"))},
+        "step_split_s": {arm: {part: _summary(pool(arm, f"{part}_s"))
+                               for part in ("rollout", "logprob", "reward", "backward", "policy_sync")}
+                         for arm in ("plain", "cat")},
         "rollouts": {k: statistics.median(r[k] for r in rollouts)
                      for k in ("vllm_tok_per_s", "transformers_tok_per_s", "vllm_speedup")},
         "wall_s": time.time() - started,
     }
     s = result["anchor_split_s"]
     print(f"\nCaT-RL vs plain GRPO, both vLLM colocate (G={cli.g}, {cli.prompts} prompts/step, {cli.length} tokens)")
-    print(f"  plain step  {plain['median']:.2f} s  (min {plain['min']:.2f}, max {plain['max']:.2f}, n={plain['n']})")
-    print(f"  CaT step    {cat['median']:.2f} s  (min {cat['min']:.2f}, max {cat['max']:.2f}, n={cat['n']})")
+    print(f"  plain step  {plain['median']:.2f} s  (IQR {plain['q1']:.2f}-{plain['q3']:.2f}, n={plain['n']})")
+    print(f"  CaT step    {cat['median']:.2f} s  (IQR {cat['q1']:.2f}-{cat['q3']:.2f}, n={cat['n']})")
+    for arm in ("plain", "cat"):
+        parts = result["step_split_s"][arm]
+        print(f"  {arm:5s} split: " + ", ".join(f"{k} {v['median']:.2f} s" for k, v in parts.items() if v))
     print(f"  ratio       {ratio:.3f}  (range {result['ratio_range'][0]:.2f}-{result['ratio_range'][1]:.2f}; "
           f"target <= 1.25: {'met' if result['met'] else 'MISSED'})")
     print(f"  anchor per step: pi_0 load {s['pi0_load']['median']:.2f} s, generation "

@@ -105,7 +105,8 @@ def test_sampling_settings_accepts_boundaries_and_is_frozen():
         s.temperature = 1.0  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("kwargs", [{"min_p": 1.5}, {"min_p": -0.1}, {"repetition_penalty": 0.0}])
+@pytest.mark.parametrize("kwargs", [{"min_p": 1.5}, {"min_p": -0.1}, {"repetition_penalty": 0.0},
+                                    {"min_new_tokens": -1}, {"max_new_tokens": 4, "min_new_tokens": 5}])
 def test_sampling_settings_rejects_invalid_min_p_and_repetition_penalty(kwargs):
     with pytest.raises(ValueError):
         SamplingSettings(**kwargs)
@@ -150,6 +151,19 @@ def test_max_new_tokens_is_respected_and_cut_generations_report_length(engine):
         assert g_long.completion_tokens <= 8
         # Greedy: the 3-token completion is the start of the 8-token one.
         assert g_long.text.startswith(g_short.text) and len(g_short.text) < len(g_long.text)
+
+
+def test_min_new_tokens_forces_the_length_a_real_model_would_not_reach(embedded_model_path):
+    """SmolLM2 answers "Say hi." in a few tokens and stops; with min_new_tokens it may not stop before (what the
+    benchmarks use to force synthesis lengths)."""
+    from cat_trl.engines.factory import EngineSpec, build_engine
+
+    engine = build_engine(EngineSpec("transformers", model=embedded_model_path, dtype="float32", device="cpu"))
+    hi = [[{"role": "user", "content": "Say hi."}]]
+    free = engine.generate(hi, SamplingSettings(max_new_tokens=40, temperature=0.0))[0]
+    forced = engine.generate(hi, SamplingSettings(max_new_tokens=40, min_new_tokens=30, temperature=0.0))[0]
+    assert free.completion_tokens < 30 and free.finish_reason == "stop"
+    assert forced.completion_tokens >= 30
 
 
 def test_stop_string_ends_generation_with_finish_reason_stop(engine):

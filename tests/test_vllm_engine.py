@@ -89,6 +89,10 @@ def test_stop_strings_end_the_text_as_in_transformers(standalone):
     assert v == t and all(text.endswith(".") and text.count(".") == 1 for text in v)
 
 
+def test_min_new_tokens_reaches_vllm(standalone):
+    assert standalone["min_tokens"]["free"] < 30 <= standalone["min_tokens"]["forced"]
+
+
 # ---------------------------------------------------------------------------------------------- cat-trl eval
 
 EVAL_METHODS = ["single", "majority", "self_bon", "min_ppl", "mutual_predictability", "synthesis",

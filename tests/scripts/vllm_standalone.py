@@ -71,6 +71,11 @@ def main() -> None:
     stop = SamplingSettings(max_new_tokens=MAX_NEW, temperature=0.0, stop=(".",))
     out["stop"] = {"vllm": [g.text for g in vllm.generate(conversations[:2], stop)],
                    "transformers": [g.text for g in hf.generate(conversations[:2], stop)]}
+    hi = [[{"role": "user", "content": "Say hi."}]]
+    out["min_tokens"] = {
+        "free": vllm.generate(hi, SamplingSettings(max_new_tokens=40, temperature=0.0))[0].completion_tokens,
+        "forced": vllm.generate(hi, SamplingSettings(max_new_tokens=40, min_new_tokens=30,
+                                                     temperature=0.0))[0].completion_tokens}
     out["stats"] = vllm.stats.snapshot()
     with open(cli.out, "w") as f:
         json.dump(out, f, indent=1)

@@ -123,6 +123,14 @@ class EvalConfig(GraderArguments):
         from ..engines.factory import EngineSpec
 
         kind = resolve_engine_kind(self.engine)
+        if kind == "vllm" and device == "cpu" and self.device not in (None, "", "auto"):
+            from ..trl_compat import vllm_runs_on_cpu
+
+            if not vllm_runs_on_cpu():  # vLLM runs on its own platform (the GPU); `device: cpu` asks for the CPU
+                if self.engine == "vllm":
+                    raise ValueError("engine: vllm with device: cpu, but the installed vLLM is a GPU build; set "
+                                     "engine: transformers (or device: auto)")
+                kind = "transformers"
         if kind == "vllm":
             return EngineSpec("vllm", model=self.model_name_or_path, dtype=self.dtype, max_context=self.max_context,
                               seed=self.seed, llm_kwargs=self.vllm_llm_kwargs)

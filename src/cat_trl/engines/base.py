@@ -32,6 +32,7 @@ class SamplingSettings:
 
     `temperature == 0` means greedy decoding. `top_k == 0` and `top_p == 1.0` disable those filters (vLLM and
     transformers conventions). `seed` makes a call reproducible on backends that support per-call seeds.
+    `min_new_tokens` forbids stopping earlier (vLLM's `min_tokens`; benchmarks force lengths with it; 0 = off).
     """
 
     max_new_tokens: int = 1024
@@ -42,8 +43,12 @@ class SamplingSettings:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    min_new_tokens: int = 0
 
     def __post_init__(self):
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], got "
+                             f"{self.min_new_tokens}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:

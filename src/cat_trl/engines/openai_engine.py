@@ -313,6 +313,8 @@ class OpenAIEngine(Engine):
             body["seed"] = sampling.seed
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.min_new_tokens:  # vLLM's server extension; only sent when asked for
+            body["min_tokens"] = sampling.min_new_tokens
         if chat_template_kwargs:
             body["chat_template_kwargs"] = dict(chat_template_kwargs)
         body.update(self.extra_body)

@@ -279,6 +279,8 @@ class TransformersEngine(TokenizerBudget, Engine):
             pad_token_id=self.tokenizer.pad_token_id,
             repetition_penalty=sampling.repetition_penalty,
         )
+        if sampling.min_new_tokens:
+            kwargs["min_new_tokens"] = sampling.min_new_tokens
         if not greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
             if sampling.min_p is not None:

@@ -111,6 +111,7 @@ class VLLMEngine(TokenizerBudget, Engine):
             min_p=0.0 if sampling.min_p is None else sampling.min_p,
             repetition_penalty=sampling.repetition_penalty,
             max_tokens=sampling.max_new_tokens,
+            min_tokens=sampling.min_new_tokens,
             stop=list(sampling.stop) or None,
             # the stop string stays in the text, as the transformers engine keeps it
             include_stop_str_in_output=bool(sampling.stop),
