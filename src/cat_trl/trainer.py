@@ -1,6 +1,7 @@
 """`CaTGRPOTrainer`: GRPO whose reward functions see a reference synthesized by the frozen anchor from whole groups.
 
-Only `_calculate_rewards` is overridden (the per-group table goes to W&B from `CaTLoggingCallback.on_log`). Per generation batch:
+`_calculate_rewards` is overridden (the per-group table goes to W&B from `CaTLoggingCallback.on_log`), and `_generate`
+is extended for a server anchor's overlap only (its requests leave right after decoding). Per generation batch:
 
     local slice --gather--> global batch --cut--> groups of G --deal--> ranks --one engine call--> references
     --gather--> every rank --> `cat_reference` on each local input --> super()._calculate_rewards (TRL's rewards,
@@ -57,7 +58,7 @@ class CaTGRPOTrainer(GRPOTrainer):
     """`GRPOTrainer` for Compute as Teacher: every reward call sees a reference that the frozen anchor pi_0
     synthesized from the whole group of G rollouts (never from labels).
 
-    Only `_calculate_rewards` is overridden: it gathers the global batch, cuts it into groups of G, has the
+    `_calculate_rewards` is overridden: it gathers the global batch, cuts it into groups of G, has the
     estimator produce one reference per group, strips label columns and adds `cat_reference` (and `cat_rubric`)
     to every input before TRL's own reward computation, advantages and logging run unchanged.
 

@@ -17,6 +17,7 @@ else -- seed, sampler order, G, lengths, learning rate, steps -- is identical by
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import logging
@@ -448,6 +449,9 @@ class Comparison:
         with open(os.path.join(args.output_dir, "log_history.json"), "w") as f:
             json.dump(trainer.state.log_history, f, default=str)
         del trainer
+        # The trainer sits in reference cycles (its callbacks hold it); collect them now, so that the next arm does not
+        # start with this one's models, optimizer state and (colocated) vLLM engine still allocated.
+        gc.collect()
         return result
 
     def run_cat_sft(self, initial: dict | None, trained: list[str] | None = None) -> dict:

@@ -247,6 +247,20 @@ def word_variants(word: str) -> list[str]:
     return sorted(forms | {" " + f for f in forms})
 
 
+def first_token_ids(tokenizer, candidates: tuple[str, ...]) -> dict[str, set[int]]:
+    """For next-token scoring: the first token of every spelling (`word_variants`) of every candidate; a token shared
+    by two candidates counts for neither. Raises when a candidate has no token of its own."""
+    first: dict[str, set[int]] = {}
+    for cand in candidates:
+        first[cand] = {ids[0] for v in word_variants(cand) if (ids := tokenizer(v, add_special_tokens=False)["input_ids"])}
+    for cand in candidates:
+        others = set().union(*(first[c] for c in candidates if c != cand))
+        first[cand] = first[cand] - others
+        if not first[cand]:
+            raise ValueError(f"candidate {cand!r} has no first token distinct from the other candidates")
+    return first
+
+
 TRUNCATION_MARK = "\n[... truncated ...]\n"
 
 

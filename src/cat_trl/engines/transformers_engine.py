@@ -33,7 +33,7 @@ from .base import (
     Generation,
     SamplingSettings,
     TokenizerBudget,
-    word_variants,
+    first_token_ids,
 )
 
 ModelProvider = Callable[[], contextlib.AbstractContextManager[PreTrainedModel]]
@@ -387,16 +387,7 @@ class TransformersEngine(TokenizerBudget, Engine):
         if not conversations and not self.collective:
             return []
         with self.counted_call() as call:
-            # First token of every spelling of every candidate; a token shared by two candidates counts for neither.
-            first: dict[str, set[int]] = {}
-            for cand in candidates:
-                first[cand] = {ids[0] for v in word_variants(cand)
-                               if (ids := self.tokenizer(v, add_special_tokens=False)["input_ids"])}
-            for cand in candidates:
-                others = set().union(*(first[c] for c in candidates if c != cand))
-                first[cand] -= others
-                if not first[cand]:
-                    raise ValueError(f"candidate {cand!r} has no first token distinct from the other candidates")
+            first = first_token_ids(self.tokenizer, candidates)
             prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
             results: list[dict[str, float]] = [{} for _ in prompts]
 

@@ -1,4 +1,7 @@
-"""The anchor in TRL's colocated vLLM engine, time-shared with the policy (`cat_anchor_engine: vllm`).
+"""Engines that borrow TRL's colocated vLLM engine: pi_0 as the anchor, time-shared with the policy
+(`cat_anchor_engine: vllm`, `VLLMAnchorEngine`), and the live policy itself for compare's held-out points
+(`ColocatedPolicyEngine`). Both subclass `ColocatedVLLMEngine`, which subclasses the standalone `VLLMEngine`
+(vllm_engine.py) and overrides only `_run`: how requests are built and read back exists once.
 
 With `use_vllm: true, vllm_mode: colocate`, every GPU already hosts one `vllm.LLM` that TRL refreshes with the
 policy's weights before each generation. vLLM does not support a second `LLM` in the same process (and sleep mode

@@ -20,7 +20,7 @@ import logging
 import math
 from typing import Any
 
-from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget, word_variants
+from .base import Conversation, Engine, Generation, SamplingSettings, TokenizerBudget, first_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class VLLMEngine(TokenizerBudget, Engine):
         one-token greedy request; a first token outside them is scored exactly with a prompt-log-prob request on
         prompt + that token, so the result never depends on the top-k cut."""
         with self.counted_call() as call:
-            first = self._first_tokens(candidates)
+            first = first_token_ids(self.tokenizer, candidates)
             prompts = [self._prompt_ids(c, chat_template_kwargs) for c in conversations]
             outputs = self._run(prompts, _GREEDY_ONE, logprobs=NEXT_TOKEN_TOP_K)
             wanted = sorted(set().union(*first.values()))
@@ -201,20 +201,6 @@ class VLLMEngine(TokenizerBudget, Engine):
             self.stats.extra["next_token_exact_requests"] = self.stats.extra.get(
                 "next_token_exact_requests", 0) + len(missing)
         return results
-
-    def _first_tokens(self, candidates: tuple[str, ...]) -> dict[str, set[int]]:
-        """First token of every spelling of every candidate; a token shared by two candidates counts for neither
-        (the transformers engine's rule)."""
-        first: dict[str, set[int]] = {}
-        for cand in candidates:
-            first[cand] = {ids[0] for v in word_variants(cand)
-                           if (ids := self.tokenizer(v, add_special_tokens=False)["input_ids"])}
-        for cand in candidates:
-            others = set().union(*(first[c] for c in candidates if c != cand))
-            first[cand] = first[cand] - others
-            if not first[cand]:
-                raise ValueError(f"candidate {cand!r} has no first token distinct from the other candidates")
-        return first
 
 
 _GREEDY_ONE = SamplingSettings(max_new_tokens=1, temperature=0.0)
