@@ -3,6 +3,7 @@
     python benchmarks/vllm_step.py                       # G=8, 4 prompts per step, 48 tokens, 2 x 2 processes
     python benchmarks/vllm_step.py --reps 3 --steps 6 --output benchmarks/results-vllm-cpu.json
     python benchmarks/vllm_step.py --length 256 --synthesis-length 256     # a realistic rollout / synthesis ratio
+    .venv/bin/python benchmarks/vllm_step.py --rollouts transformers       # the same without vLLM (HF generate)
 
 Both arms use TRL's colocated vLLM engine for rollouts (`use_vllm: true, vllm_mode: colocate`), the same model,
 prompts, G, lengths and seeds. Rollouts are forced to full length with vLLM's `min_tokens`, and so is the anchor's
@@ -11,6 +12,10 @@ share and vary from run to run):
 
 * `plain`: `GRPOTrainer` with a label reward (what CaT replaces);
 * `cat`  : `CaTGRPOTrainer`, synthesis estimator, anchor pi_0 time-shared in the same engine (`cat_anchor_engine: vllm`).
+
+With `--rollouts transformers` both arms decode with transformers `generate` (`use_vllm: false`, what `make bench`'s
+step section measures, there in one process) and the anchor is pi_0 in-process (the default `cat_anchor_engine`);
+there is no weight sync, and no vLLM needed.
 
 vLLM supports one engine per process, so each arm runs in its own process; arms alternate (plain, cat, plain, ...) so
 that machine noise hits both; `--reps` processes per arm (default 2). The first step of every process is dropped
@@ -43,7 +48,8 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str, synthesis: int | None = None) -> None:
+def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str, synthesis: int | None = None,
+            rollouts: str = "vllm") -> None:
     """One process, one engine: `steps` training steps of one arm; writes timings to `out` (JSON)."""
     import torch
     from trl import GRPOTrainer
@@ -58,15 +64,18 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str, s
     from cat_trl.trl_compat import extra_vllm_llm_kwargs, install_weight_sync
 
     model = resolve_model_path("smollm2-135m-instruct")
+    in_vllm = rollouts == "vllm"
+    engine_args = (dict(use_vllm=True, vllm_mode="colocate", vllm_max_model_length=4096, vllm_enable_sleep_mode=False,
+                        cat_vllm_llm_kwargs={"enforce_eager": True, "dtype": "float32"}, cat_anchor_engine="vllm",
+                        cat_anchor_weights="copy", generation_kwargs={"min_tokens": length})
+                   if in_vllm else dict(use_vllm=False, generation_kwargs={"min_new_tokens": length}))
     args = CaTGRPOConfig(
         output_dir=os.path.join(os.path.dirname(out), f"trainer-{arm}"), use_cpu=True, bf16=False,
         gradient_checkpointing=False, model_init_kwargs={"dtype": "float32"}, num_generations=g,
         per_device_train_batch_size=g * prompts, max_completion_length=length, max_steps=steps,
-        generation_kwargs={"min_tokens": length}, logging_steps=1, save_strategy="no", report_to=[],
+        logging_steps=1, save_strategy="no", report_to=[],
         learning_rate=1e-6, seed=0, disable_tqdm=True, cat_log_groups=False,
-        use_vllm=True, vllm_mode="colocate", vllm_max_model_length=4096, vllm_enable_sleep_mode=False,
-        cat_vllm_llm_kwargs={"enforce_eager": True, "dtype": "float32"},
-        cat_anchor_engine="vllm", cat_anchor_weights="copy", cat_anchor_max_new_tokens=synthesis or length,
+        cat_anchor_max_new_tokens=synthesis or length, **engine_args,
     )
     data = load_synthetic_math(prompts * steps, seed=0, max_steps=1,
                                instruction="Put your final answer within \\boxed{}.")
@@ -76,10 +85,11 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str, s
 
         # The same engine settings as the CaT arm (float32, eager: TRL builds the engine, cat-trl passes the kwargs)
         # and the same CPU weight sync -- what a plain TRL user on vLLM-CPU would use.
-        with extra_vllm_llm_kwargs(args.cat_vllm_llm_kwargs):
+        with extra_vllm_llm_kwargs(args.cat_vllm_llm_kwargs if in_vllm else None):
             trainer = GRPOTrainer(model=model, reward_funcs=[oracle_reward], args=args, train_dataset=data,
                                   callbacks=[timer])
-        install_weight_sync(trainer.vllm_generation)  # TRL's colocate sync on vLLM-CPU (see trl_compat)
+        if in_vllm:
+            install_weight_sync(trainer.vllm_generation)  # TRL's colocate sync on vLLM-CPU (see trl_compat)
     else:
         from dataclasses import replace
 
@@ -87,7 +97,7 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str, s
         forced = synthesis or length  # the synthesis may not stop before this length either
         trainer.cat_estimator.sampling = replace(trainer.cat_estimator.sampling, max_new_tokens=forced,
                                                  min_new_tokens=forced)
-    vg = trainer.vllm_generation
+    vg = getattr(trainer, "vllm_generation", None) if in_vllm else None
     split = {"policy_sync_s": [], "pi0_load_s": [], "generate_s": [], "reward_s": [], "logprob_s": []}
     marks: dict[str, float] = {}
 
@@ -100,8 +110,9 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str, s
                 split[key].append(time.perf_counter() - start)
         return wrapper
 
-    vg.sync_weights = timed(vg.sync_weights, "policy_sync_s")
-    if arm == "cat":
+    if vg is not None:
+        vg.sync_weights = timed(vg.sync_weights, "policy_sync_s")
+    if arm == "cat" and in_vllm:
         trainer.cat_engine._load = timed(trainer.cat_engine._load, "pi0_load_s")
     generate, rewards = trainer._generate, trainer._calculate_rewards
 
@@ -116,7 +127,12 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str, s
 
     trainer._generate, trainer._calculate_rewards = timed_generate, timed_rewards
     trainer.train()
-    result = {"arm": arm, "step_s": timer.times[1:], **{k: v[1:] for k, v in split.items()}}
+    result_lengths = [h["completions/mean_length"] for h in trainer.state.log_history
+                      if "completions/mean_length" in h]
+    if vg is None:  # transformers rollouts decode with the policy itself: nothing to sync
+        split["policy_sync_s"] = [0.0] * len(timer.times)
+    result = {"arm": arm, "step_s": timer.times[1:], **{k: v[1:] for k, v in split.items()},
+              "rollout_mean_length": statistics.median(result_lengths) if result_lengths else None}
     # TRL syncs the policy inside `_generate`, once per step in both arms (the CaT arm's anchor marks the policy stale,
     # plain GRPO's optimizer step does); the rest of the step is backward + optimizer
     result["rollout_s"] = [g_ - s_ for g_, s_ in zip(result["generate_s"], result["policy_sync_s"])]
@@ -126,7 +142,9 @@ def run_arm(arm: str, g: int, prompts: int, length: int, steps: int, out: str, s
         hist = [h for h in trainer.state.log_history if "cat/anchor_seconds" in h][1:]
         result["anchor_s"] = [h["cat/anchor_seconds"] for h in hist]
         result["anchor_calls_per_step"] = trainer.cat_engine.stats.calls / max(trainer.state.global_step, 1)
-    else:  # rollout throughput, vLLM vs transformers, same prompts and token counts
+        stats = trainer.cat_engine.stats  # the synthesis really was forced to its length (what the ratio assumes)
+        result["anchor_tokens_per_synthesis"] = stats.completion_tokens / max(stats.sequences, 1)
+    elif in_vllm:  # rollout throughput, vLLM vs transformers, same prompts and token counts
         from vllm import SamplingParams
 
         tok = trainer.processing_class
@@ -170,12 +188,14 @@ def main(argv=None) -> int:
                                                                             "--length)")
     parser.add_argument("--steps", type=int, default=5, help="steps per process (the first is dropped)")
     parser.add_argument("--reps", type=int, default=2, help="processes per arm, interleaved")
+    parser.add_argument("--rollouts", choices=["vllm", "transformers"], default="vllm",
+                        help="who decodes the rollouts (and hosts the anchor): TRL's colocated vLLM or transformers")
     parser.add_argument("--output", default=None)
     parser.add_argument("--arm", choices=["plain", "cat"], help=argparse.SUPPRESS)
     parser.add_argument("--arm-out", help=argparse.SUPPRESS)
     cli = parser.parse_args(argv)
     if cli.arm:
-        run_arm(cli.arm, cli.g, cli.prompts, cli.length, cli.steps, cli.arm_out, cli.synthesis_length)
+        run_arm(cli.arm, cli.g, cli.prompts, cli.length, cli.steps, cli.arm_out, cli.synthesis_length, cli.rollouts)
         return 0
 
     runs: dict[str, list[dict]] = {"plain": [], "cat": []}
@@ -185,7 +205,7 @@ def main(argv=None) -> int:
             for arm in ("plain", "cat"):
                 out = os.path.join(tmp, f"{arm}-{rep}.json")
                 cmd = [sys.executable, __file__, "--arm", arm, "--arm-out", out, "--g", str(cli.g), "--prompts",
-                       str(cli.prompts), "--length", str(cli.length), "--steps", str(cli.steps),
+                       str(cli.prompts), "--length", str(cli.length), "--steps", str(cli.steps), "--rollouts", cli.rollouts,
                        *(["--synthesis-length", str(cli.synthesis_length)] if cli.synthesis_length else [])]
                 print(f"[{time.time() - started:6.0f}s] {arm} #{rep + 1}", flush=True)
                 proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -200,32 +220,39 @@ def main(argv=None) -> int:
 
     plain, cat = _summary(pool("plain", "step_s")), _summary(pool("cat", "step_s"))
     ratio = cat["median"] / plain["median"]
-    rollouts = [r["rollouts"] for r in runs["plain"]]
+    rollouts = [r["rollouts"] for r in runs["plain"] if "rollouts" in r]
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
         "setting": {"G": cli.g, "prompts_per_step": cli.prompts, "completion_tokens": cli.length,
                     "synthesis_tokens": cli.synthesis_length or cli.length,
-                    "steps_per_process": cli.steps, "processes_per_arm": cli.reps, "vllm_dtype": "float32",
-                    "enforce_eager": True},
+                    "steps_per_process": cli.steps, "processes_per_arm": cli.reps, "rollouts": cli.rollouts,
+                    "dtype": "float32", **({"enforce_eager": True} if cli.rollouts == "vllm" else {})},
         "plain_step_s": plain, "cat_step_s": cat,
         "ratio": ratio, "ratio_range": [cat["min"] / plain["max"], cat["max"] / plain["min"]],
         "target_ratio": 1.25, "met": ratio <= 1.25,
         "anchor_calls_per_step": statistics.median(r["anchor_calls_per_step"] for r in runs["cat"]),
+        "anchor_tokens_per_synthesis": statistics.median(r["anchor_tokens_per_synthesis"] for r in runs["cat"]),
+        "rollout_mean_length": {arm: statistics.median(r["rollout_mean_length"] for r in runs[arm])
+                                for arm in ("plain", "cat") if all(r["rollout_mean_length"] for r in runs[arm])},
         "anchor_split_s": {"pi0_load": _summary(pool("cat", "pi0_load_s")),
-                           "generation": _summary([a - b for a, b in zip(pool("cat", "anchor_s"),
-                                                                          pool("cat", "pi0_load_s"))]),
+                           # the anchor's engine call less loading pi_0's weights into the engine (vLLM only)
+                           "generation": _summary([a - b for a, b in zip(
+                               pool("cat", "anchor_s"), pool("cat", "pi0_load_s") or [0.0] * len(pool("cat", "anchor_s")))]),
                            "policy_sync_cat": _summary(pool("cat", "policy_sync_s")),
                            "policy_sync_plain": _summary(pool("plain", "policy_sync_s"))},
         "step_split_s": {arm: {part: _summary(pool(arm, f"{part}_s"))
                                for part in ("rollout", "logprob", "reward", "backward", "policy_sync")}
                          for arm in ("plain", "cat")},
-        "rollouts": {k: statistics.median(r[k] for r in rollouts)
-                     for k in ("vllm_tok_per_s", "transformers_tok_per_s", "vllm_speedup")},
+        "rollouts": ({k: statistics.median(r[k] for r in rollouts)
+                      for k in ("vllm_tok_per_s", "transformers_tok_per_s", "vllm_speedup")}
+                     if all("rollouts" in r for r in runs["plain"]) else None),
         "wall_s": time.time() - started,
     }
     s = result["anchor_split_s"]
-    print(f"\nCaT-RL vs plain GRPO, both vLLM colocate (G={cli.g}, {cli.prompts} prompts/step, {cli.length} tokens)")
+    where = "vLLM colocate" if cli.rollouts == "vllm" else "transformers generate"
+    print(f"\nCaT-RL vs plain GRPO, both {where} (G={cli.g}, {cli.prompts} prompts/step, {cli.length} tokens, "
+          f"synthesis {cli.synthesis_length or cli.length})")
     print(f"  plain step  {plain['median']:.2f} s  (IQR {plain['q1']:.2f}-{plain['q3']:.2f}, n={plain['n']})")
     print(f"  CaT step    {cat['median']:.2f} s  (IQR {cat['q1']:.2f}-{cat['q3']:.2f}, n={cat['n']})")
     for arm in ("plain", "cat"):
@@ -233,12 +260,14 @@ def main(argv=None) -> int:
         print(f"  {arm:5s} split: " + ", ".join(f"{k} {v['median']:.2f} s" for k, v in parts.items() if v))
     print(f"  ratio       {ratio:.3f}  (range {result['ratio_range'][0]:.2f}-{result['ratio_range'][1]:.2f}; "
           f"target <= 1.25: {'met' if result['met'] else 'MISSED'})")
-    print(f"  anchor per step: pi_0 load {s['pi0_load']['median']:.2f} s, generation "
-          f"{s['generation']['median']:.2f} s; policy sync {s['policy_sync_cat']['median']:.2f} s (CaT) vs "
-          f"{s['policy_sync_plain']['median']:.2f} s (plain); anchor calls/step {result['anchor_calls_per_step']:.0f}")
+    load = f"pi_0 load {s['pi0_load']['median']:.2f} s, " if s["pi0_load"] else ""
+    print(f"  anchor per step: {load}generation {s['generation']['median']:.2f} s; policy sync "
+          f"{s['policy_sync_cat']['median']:.2f} s (CaT) vs {s['policy_sync_plain']['median']:.2f} s (plain); "
+          f"anchor calls/step {result['anchor_calls_per_step']:.0f}")
     r = result["rollouts"]
-    print(f"  rollouts: vLLM {r['vllm_tok_per_s']:.0f} tok/s vs transformers {r['transformers_tok_per_s']:.0f} tok/s "
-          f"({r['vllm_speedup']:.2f}x)")
+    if r:
+        print(f"  rollouts: vLLM {r['vllm_tok_per_s']:.0f} tok/s vs transformers {r['transformers_tok_per_s']:.0f} "
+              f"tok/s ({r['vllm_speedup']:.2f}x)")
     print(f"  wall {result['wall_s']:.0f} s")
     from cat_trl.evaluation.provenance import provenance
 

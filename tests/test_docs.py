@@ -4,6 +4,7 @@ front page that links every docs/ page, and every relative link in README.md and
 from __future__ import annotations
 
 import doctest
+import json
 import os
 import re
 import textwrap
@@ -105,3 +106,20 @@ def test_link_checker_catches_a_broken_link(tmp_path):
     assert _links(page) == ["missing.md"]
     assert _anchors(page) == {"a-cat_-title-wb-vllm"}
     assert len(_links(README)) >= 10  # the README's own links are found
+
+
+def test_readme_speed_figures_are_the_stored_benchmark_json():
+    """Every speed figure in the README is rendered from a benchmark JSON in benchmarks/ (scripts/speed_figures.py):
+    a rerun that changes the JSON, or a hand edit of the README, fails here until `--write` is run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed_figures", REPO / "scripts" / "speed_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rendered = module.render()
+    assert module.readme_block(README.read_text()) == rendered, "README speed table is stale: run " \
+        "`python scripts/speed_figures.py --write`"
+    # the rows carry the JSON's figures, not text of their own
+    overlap = json.loads((REPO / "benchmarks" / "results-overlap-cpu.json").read_text())
+    for row in overlap["rows"]:
+        assert f"**{row['overlapped_over_serial']:.2f}×**" in rendered
