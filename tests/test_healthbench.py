@@ -224,6 +224,8 @@ def test_healthbench_eval_command_end_to_end(tmp_path, served_model, embedded_mo
     result = json.loads(out.read_text())
     assert result["n_examples"] == 2 and result["grader_model"] == model
     assert all(e["response"] for e in result["examples"])
+    # `engine: auto` without vLLM installed: the policy was decoded in-process by transformers, and the file says so
+    assert result["policy_engine"]["kind"] == ("vllm" if importlib.util.find_spec("vllm") else "transformers")
     assert 0.0 <= result["score"] <= 1.0
 
 

@@ -141,3 +141,20 @@ def test_compare_heldout_points_come_from_the_colocated_engine(compare_run):
     assert arms["none"]["curve"][0] == curve[0] and arms["none"]["scored_in"] == "cat"
     for r in curve:
         assert len(r["problems"]) == 8 and 0 <= r["greedy_accuracy"] <= 1
+
+
+# ---------------------------------------------------------------------------------------------- healthbench-eval
+
+
+def test_healthbench_eval_samples_the_policy_with_the_vllm_engine(tmp_path, embedded_model_path):
+    """`cat-trl healthbench-eval --engine vllm`: the policy's responses come from a standalone vLLM engine (the
+    grader is the same model, local, in transformers), and the result file names the engine."""
+    out = tmp_path / "hb.json"
+    _run(["-m", "cat_trl.cli", "healthbench-eval", "--data", str(REPO / "tests" / "fixtures" / "healthbench_sample.jsonl"),
+          "--holdout", "2", "--policy", embedded_model_path, "--engine", "vllm", "--policy-max-new-tokens", "24",
+          "--grader-local", embedded_model_path, "--grader-max-attempts", "1", "--grader-max-new-tokens", "16",
+          "--bootstrap-samples", "20", "--output", str(out)], tmp_path / "log.txt")
+    result = json.loads(out.read_text())
+    assert result["policy_engine"]["kind"] == "vllm" and result["policy_engine"]["name"].startswith("vllm:")
+    assert result["n_examples"] == 2 and all(e["response"].strip() for e in result["examples"])
+    assert 0.0 <= result["score"] <= 1.0

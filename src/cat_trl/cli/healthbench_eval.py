@@ -147,14 +147,16 @@ def resolve_policy(policy: str) -> tuple[str, dict | None]:
     return checkpoint, record
 
 
-def _responses(args, examples: list[dict]) -> list[str]:
+def _responses(args, examples: list[dict]) -> tuple[list[str], dict | None]:
+    """The policy's response to every example, and the engine that decoded them (`{"kind", "name"}`; None: read from
+    --responses): the result file says which engine produced what it scores."""
     if args.responses:
         with open(args.responses) as f:
             given = {str(r["prompt_id"]): r["response"] for r in map(json.loads, filter(str.strip, f))}
         missing = [e["prompt_id"] for e in examples if str(e["prompt_id"]) not in given]
         if missing:
             raise ValueError(f"{args.responses} has no response for {len(missing)} prompt_id(s), e.g. {missing[:3]}")
-        return [given[str(e["prompt_id"])] for e in examples]
+        return [given[str(e["prompt_id"])] for e in examples], None
     from ..engines.factory import EngineSpec, build_engine
 
     sampling = SamplingSettings(max_new_tokens=args.policy_max_new_tokens, temperature=args.policy_temperature)
@@ -173,7 +175,9 @@ def _responses(args, examples: list[dict]) -> list[str]:
         if args.system_prompt and conv[0]["role"] != "system":
             conv.insert(0, {"role": "system", "content": args.system_prompt})
         conversations.append(conv)
-    return [strip_thinking(g.text) for g in engine.generate(conversations, sampling, args.chat_template_kwargs)]
+    generations = engine.generate(conversations, sampling, args.chat_template_kwargs)
+    return [strip_thinking(g.text) for g in generations], {"kind": spec.kind,
+                                                           "name": getattr(engine, "name", type(engine).__name__)}
 
 
 def _grader(args):
@@ -206,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(argv)
         examples = _examples(args)  # data problems fail before any model loads
         grader = _grader(args)
-        responses = _responses(args, examples)
+        responses, policy_engine = _responses(args, examples)
     except (ValueError, FileNotFoundError, EngineError) as err:  # ValueError includes the CliError of parse_args
         print(f"cat-trl healthbench-eval: {err}", file=sys.stderr)
         return 2
@@ -222,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cat-trl healthbench-eval: grading failed ({err}); responses kept in {responses_path}", file=sys.stderr)
         return 1
     result["policy"] = args.policy or args.responses
+    result["policy_engine"] = policy_engine
     if args.policy and not args.policy_base_url:
         checkpoint, best = resolve_policy(args.policy)
         if best is not None:  # which checkpoint early stopping chose, and by which validation metric
