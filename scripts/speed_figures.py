@@ -34,23 +34,24 @@ def _link(name: str) -> str:
     return f"[`{name}`](benchmarks/{name})"
 
 
+def _engine_row(what: str, figures: dict) -> str:
+    """One transformers-vs-vLLM row of `results-eval-engines-cpu.json`."""
+    return (f"| {what}: transformers / vLLM | **{figures['transformers_over_vllm']:.2f}×** | "
+            f"vLLM {_iqr(figures['vllm'])}; transformers {_iqr(figures['transformers'])} | {figures['vllm']['n']} "
+            f"processes per arm | {_link('results-eval-engines-cpu.json')} |")
+
+
 def _eval_rows() -> list[str]:
     d = _load("results-eval-engines-cpu.json")
     if not d:
         return []
     rows, s, summary = [], d["settings"], d["summary"]
     if "pool_seconds" in summary:
-        p = summary["pool_seconds"]
-        rows.append(f"| `cat-trl eval`, decoding the pool (G = {s['g']}, {s['problems']} MATH-500 problems, "
-                    f"{s['max_new_tokens']} tokens): transformers / vLLM | **{p['transformers_over_vllm']:.2f}×** | "
-                    f"vLLM {_iqr(p['vllm'])}; transformers {_iqr(p['transformers'])} | {p['vllm']['n']} processes "
-                    f"per arm | {_link('results-eval-engines-cpu.json')} |")
+        rows.append(_engine_row(f"`cat-trl eval`, decoding the pool (G = {s['g']}, {s['problems']} MATH-500 problems, "
+                                f"{s['max_new_tokens']} tokens)", summary["pool_seconds"]))
     if "heldout_point_seconds" in summary:
-        h = summary["heldout_point_seconds"]
-        rows.append(f"| `cat-trl compare`, one held-out point ({s['heldout_problems']} problems, greedy + 1 sample): "
-                    f"transformers / vLLM | **{h['transformers_over_vllm']:.2f}×** | vLLM {_iqr(h['vllm'])}; "
-                    f"transformers {_iqr(h['transformers'])} | {h['vllm']['n']} processes per arm | "
-                    f"{_link('results-eval-engines-cpu.json')} |")
+        rows.append(_engine_row(f"`cat-trl compare`, one held-out point ({s['heldout_problems']} problems, greedy + 1 "
+                                "sample, 64 tokens)", summary["heldout_point_seconds"]))
     return rows
 
 
