@@ -252,6 +252,33 @@ def test_pieces_run_side_by_side_in_separate_directories_merge(tmp_path, tiny_mo
     assert (a / "compare_results.json").read_text() == before
 
 
+def test_merging_directories_keeps_every_piece_of_every_directory(tmp_path):
+    """A source directory that several pieces ran into (a merge itself) brings all its pieces' provenance, not only its
+    last one; pieces seen in two sources are kept once, and the wall time is their sum."""
+    from cat_trl.comparison.runner import merge_directories
+
+    def piece(name: str, seed: int, arm: str, wall: float) -> dict:
+        return {"provenance": {"time_utc": name}, "wall_seconds": wall, "settings": {"arms": [arm]}}
+
+    def result(seed_arms: dict[str, list[str]], pieces: list[dict]) -> dict:
+        runs = {s: {"seed": int(s), "arms": {a: {"arm": a, "curve": []} for a in arms}} for s, arms in seed_arms.items()}
+        last = pieces[-1]
+        return {"runs": runs, "config": {"compare": {}, "arms": {}}, "experiment_sha256": "e", "pieces": pieces,
+                **{k: last[k] for k in ("provenance", "wall_seconds", "settings")}}
+
+    p0, p1, p2, p3 = (piece(f"t{i}", 0, "cat", 10.0 * (i + 1)) for i in range(4))
+    dirs = {"target": result({"0": ["none", "cat"]}, [p0]),
+            "a": result({"0": ["none", "cat"], "1": ["none", "cat", "cat_sft"]}, [p0, p1, p2]),  # a merge itself
+            "b": result({"0": ["none", "cat"], "1": ["gold"]}, [p0, p3])}
+    for name, content in dirs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "compare_results.json").write_text(json.dumps(content))
+    merged = merge_directories([str(tmp_path / n) for n in ("target", "a", "b")], str(tmp_path / "target"))
+    assert [p["provenance"]["time_utc"] for p in merged["pieces"]] == ["t0", "t1", "t2", "t3"]
+    assert merged["wall_seconds"] == 10.0 + 20.0 + 30.0 + 40.0
+    assert set(merged["runs"]["1"]["arms"]) == {"none", "cat", "cat_sft", "gold"}
+
+
 def test_heldout_evaluator_scores_known_outcomes_exactly():
     """A scripted policy that answers right on problems 0 and 2, wrong on 1, and with no answer on 3."""
     from cat_trl.answers import AnswerMatcher, get_extractor

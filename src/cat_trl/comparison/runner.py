@@ -126,7 +126,8 @@ def experiment_digest(config: dict) -> str:
 
 def merge_pieces(previous: dict, new: dict) -> dict:
     """`new` results added to a `previous` piece of the same experiment: runs merged by seed, arms by name (the
-    newer run of an arm wins), configurations unioned, and every piece's provenance kept in `pieces`."""
+    newer run of an arm wins), configurations unioned, and every piece's provenance kept in `pieces` -- all of
+    `new`'s pieces when it is itself a merge (a directory that several pieces ran into)."""
     runs = {k: {**v, "arms": dict(v["arms"])} for k, v in previous.get("runs", {}).items()}
     for key, run in new["runs"].items():
         if key in runs:
@@ -135,9 +136,11 @@ def merge_pieces(previous: dict, new: dict) -> dict:
             runs[key] = run
     config = {"compare": new["config"]["compare"],
               "arms": {**previous.get("config", {}).get("arms", {}), **new["config"]["arms"]}}
-    pieces = previous.get("pieces") or [{k: previous.get(k) for k in ("provenance", "wall_seconds", "settings")}]
+    def pieces_of(result: dict) -> list[dict]:
+        return result.get("pieces") or [{k: result.get(k) for k in ("provenance", "wall_seconds", "settings")}]
+
     return {**new, "runs": dict(sorted(runs.items())), "config": config, "config_sha256": config_digest(config),
-            "pieces": [*pieces, {k: new.get(k) for k in ("provenance", "wall_seconds", "settings")}]}
+            "pieces": [*pieces_of(previous), *pieces_of(new)]}
 
 
 def merge_directories(sources: list[str], target: str) -> dict:
