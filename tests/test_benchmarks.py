@@ -78,7 +78,6 @@ def _check_step(result: dict, synthesis: int) -> None:
     assert set(split["cat"]) == {"rollout", "logprob", "reward", "backward", "policy_sync"}
     # the reward is where CaT's anchor runs; plain GRPO's label reward is a string comparison
     assert split["cat"]["reward"]["median"] > 10 * split["plain"]["reward"]["median"]
-    assert result["ratio"] == pytest.approx(result["cat_step_s"]["median"] / result["plain_step_s"]["median"])
     assert result["provenance"]["git"]["revision"] and result["config"]["synthesis_length"] == synthesis
 
 
