@@ -381,6 +381,71 @@ def test_seeded_calls_give_every_request_its_own_seed(models):
     assert request_seed(8, 0) not in seeds  # the next call's seeds are others
 
 
+def test_seeded_waves_keep_every_prompt_whole_within_one_scheduler_step():
+    """vLLM's CPU build cannot chunk a seeded prefill; waves keep each prompt (plus one token per request for a
+    neighbour's decode) within the step's token budget and `max_num_seqs`, in order, every index once."""
+    from cat_trl.engines.vllm_engine import seeded_waves
+
+    assert seeded_waves([100, 200, 300], None) == [range(3)]
+    assert seeded_waves([], (4096, 256)) == []
+    assert seeded_waves([1000] * 4, (4096, 256)) == [range(4)]  # 4 * 1001 fits
+    assert seeded_waves([1000] * 5, (4096, 256)) == [range(4), range(4, 5)]
+    assert seeded_waves([4096, 10, 10], (4096, 256)) == [range(1), range(1, 3)]  # a whole budget alone
+    assert seeded_waves([10] * 5, (4096, 2)) == [range(2), range(2, 4), range(4, 5)]
+    for lengths, limits in (([700, 1200, 30, 2000, 2000, 5, 900], (2048, 3)), ([1] * 50, (16, 256))):
+        waves = seeded_waves(lengths, limits)
+        assert [i for w in waves for i in w] == list(range(len(lengths)))
+        assert all(sum(lengths[i] + 1 for i in w) <= limits[0] or len(w) == 1 for w in waves)
+        assert all(len(w) <= limits[1] for w in waves)
+    with pytest.raises(ValueError, match="4097-token prompt.*4096-token scheduler budget.*max_num_batched_tokens"):
+        seeded_waves([10, 4097], (4096, 256))
+
+
+def test_a_seeded_call_over_the_budget_is_sent_in_waves_with_each_request_keeping_its_seed(models, monkeypatch):
+    """Where the hazard exists (vLLM's CPU build, chunked prefill on), `_run` splits a seeded call; request i keeps
+    seed (call seed, i) whichever wave it lands in, and outputs come back in the prompts' order. Unseeded calls and
+    engines without chunked prefill go in one `generate`."""
+    from cat_trl import trl_compat
+    from cat_trl.engines.vllm_engine import request_seed
+
+    tokenizer, _, policy, _ = models
+    engine = _standalone(policy, tokenizer)
+    scheduler = SimpleNamespace(enable_chunked_prefill=True, max_num_batched_tokens=40, max_num_scheduled_tokens=None,
+                                max_num_seqs=256)
+    engine.llm.llm_engine.vllm_config = SimpleNamespace(scheduler_config=scheduler)
+    sent = []
+    generate = engine.llm.generate
+
+    def recording(prompts, sampling_params, use_tqdm=False):
+        per = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        sent.append([(len(p["prompt_token_ids"]), sp.seed) for p, sp in zip(prompts, per)])
+        return generate(prompts, sampling_params, use_tqdm)
+
+    engine.llm.generate = recording
+    monkeypatch.setattr(trl_compat, "vllm_runs_on_cpu", lambda: False)
+    assert trl_compat.vllm_seeded_prefill_limits(engine.llm) is None  # CUDA rewinds its generators itself
+    monkeypatch.setattr(trl_compat, "vllm_runs_on_cpu", lambda: True)
+    assert trl_compat.vllm_seeded_prefill_limits(engine.llm) == (40, 256)
+
+    conversations = CONVERSATIONS * 3
+    seeded = SamplingSettings(max_new_tokens=3, temperature=0.0, seed=7)
+    lengths = [len(engine._prompt_ids(c, None)) for c in conversations]
+    texts = [g.text for g in engine.generate(conversations, seeded)]
+    assert len(sent) > 1 and all(sum(n + 1 for n, _ in wave) <= 40 for wave in sent)
+    assert [n for wave in sent for n, _ in wave] == lengths
+    assert [seed for wave in sent for _, seed in wave] == [request_seed(7, i) for i in range(6)]
+    assert engine.stats.extra["seeded_waves"] == len(sent)
+    sent.clear()
+    unseeded = SamplingSettings(max_new_tokens=3, temperature=0.0)
+    assert [g.text for g in engine.generate(conversations, unseeded)] == texts  # greedy, in order, whole
+    assert len(sent) == 1  # unseeded: one call
+    scheduler.enable_chunked_prefill = False
+    assert trl_compat.vllm_seeded_prefill_limits(engine.llm) is None
+    sent.clear()
+    engine.generate(conversations, seeded)
+    assert len(sent) == 1
+
+
 def test_standalone_engine_generates_and_scores_like_transformers(models):
     tokenizer, _, policy, _ = models
     engine = _standalone(policy, tokenizer)

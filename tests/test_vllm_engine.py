@@ -83,6 +83,16 @@ def test_seeded_sampling_is_reproducible_and_each_request_has_its_own_seed(stand
     assert s["first"] != s["other_seed"]
 
 
+def test_a_seeded_call_over_the_step_budget_runs_in_waves_and_is_reproducible(standalone):
+    """More seeded prompt tokens than one vLLM scheduler step takes: unsplit, vLLM chunks a prefill and its CPU engine
+    dies (`CPU Generator does not use offset`); the engine sends waves, keeping each request's seed."""
+    s = standalone["long_seeded"]
+    assert sum(s["prompt_tokens"]) > s["budget"]  # the case that crashed
+    assert s["waves"] >= 2
+    assert all(n > 0 for n in s["completion_tokens"])
+    assert s["first"] == s["again"] and len(set(s["first"])) > 1
+
+
 def test_stop_strings_end_the_text_as_in_transformers(standalone):
     """The text ends at the stop string, which stays in it (the transformers engine's convention)."""
     v, t = standalone["stop"]["vllm"], standalone["stop"]["transformers"]

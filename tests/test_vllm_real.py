@@ -113,6 +113,15 @@ def test_selection_estimators_through_vllm_prompt_logprobs_match_transformers(fu
             assert v_row.index(min(v_row)) == t_row.index(min(t_row))
 
 
+def test_seeded_anchor_calls_over_the_step_budget_run_in_waves_on_trls_engine(full_run):
+    """TRL's colocated engine takes 4096 tokens per scheduler step; seeded syntheses over that would be chunked and
+    kill vLLM's CPU engine core. The anchor sends waves: every synthesis comes back, the same for the same seed."""
+    s = full_run["long_seeded"]
+    assert s["budget"] == 4096 and sum(s["prompt_tokens"]) > s["budget"]
+    assert s["waves"] >= 4  # two calls, two waves or more each
+    assert all(n > 0 for n in s["completion_tokens"]) and s["first"] == s["again"]
+
+
 # ---------------------------------------------------------------------------------------------- served anchor
 
 

@@ -56,6 +56,28 @@ def vllm_max_model_len(llm) -> int | None:
     return getattr(config, "max_model_len", None)
 
 
+def vllm_seeded_prefill_limits(llm) -> tuple[int, int] | None:
+    """(token budget per scheduler step, max sequences) within which seeded requests must be prefilled whole, or
+    None where vLLM handles a partial prefill of a seeded request itself.
+
+    vLLM rewinds a seeded request's generator after a partial prefill (a prompt chunked across scheduler steps:
+    `gpu_model_runner._bookkeeping_sync`, `gen.set_offset(gen.get_offset() - 4)`), which only CUDA's Philox generator
+    supports; on vLLM's CPU build it raises `RuntimeError: CPU Generator does not use offset` and the engine core dies
+    (vllm-project/vllm#10097 notes the CUDA-only assumption). Chunking happens whenever the waiting prompts exceed the
+    step's token budget (TRL's colocated engine: `max_num_batched_tokens=4096`), so a seeded `generate` on CPU must
+    be cut into waves that fit (`engines/vllm_engine.py`). Without chunked prefill no request is ever split."""
+    if not vllm_runs_on_cpu():
+        return None
+    config = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "scheduler_config", None)
+    if config is None or not getattr(config, "enable_chunked_prefill", True):
+        return None
+    tokens = config.max_num_batched_tokens
+    scheduled = getattr(config, "max_num_scheduled_tokens", None)
+    if scheduled:
+        tokens = min(tokens, scheduled)
+    return int(tokens), int(config.max_num_seqs)
+
+
 def load_weights_into_vllm(llm, weights: WeightPairs, *, on_cpu: bool | None = None) -> None:
     """Replace the weights of a colocated `vllm.LLM` by `weights` (checkpoint-format (name, tensor) pairs, the full
     model). See the module docstring for why CPU and GPU differ. The prefix cache is *not* reset here: callers do it

@@ -177,6 +177,19 @@ def main() -> None:
             out["estimators"][cls.__name__] = scores
         out["timings"]["estimators_s"] = time.perf_counter() - start
 
+        # 6. seeded syntheses over more prompt tokens than a step of TRL's engine takes (max_num_batched_tokens=4096):
+        #    unsplit, vLLM chunks a seeded prefill and its CPU engine core dies; the anchor sends waves
+        long = [[{"role": "user", "content": "Reconcile these answers:\n" + "\n".join(
+            f"Answer {i}: {g}" for i, g in enumerate(sum(GROUPS, []) * 3))}]]
+        seeded = SamplingSettings(max_new_tokens=8, temperature=1.0, seed=11)
+        first = vllm_anchor.generate(long * 6, seeded)
+        out["long_seeded"] = {"prompt_tokens": [g.prompt_tokens for g in first],
+                              "completion_tokens": [g.completion_tokens for g in first],
+                              "first": [g.text for g in first],
+                              "again": [g.text for g in vllm_anchor.generate(long * 6, seeded)],
+                              "waves": vllm_anchor.stats.extra.get("seeded_waves", 0),
+                              "budget": llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens}
+
     with open(cli.out, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -6,7 +6,8 @@ the JSON written here:
 
 Measured: greedy texts of both engines on real MATH-500 prompts; for every pair that differs, the log-probs both engines
 give the *same* continuation (transformers' text); continuation log-probs of given texts; next-token log-probs of a
-yes/no judge question; seeded sampling (G identical prompts in one call, the same call twice).
+yes/no judge question; seeded sampling (G identical prompts in one call, the same call twice), also over more prompt
+tokens than one scheduler step takes.
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ def main() -> None:
     other = [g.text for g in vllm.generate([conversations[0]] * 4,
                                           SamplingSettings(max_new_tokens=24, temperature=1.0, seed=4))]
     out["seeded"] = {"first": first, "again": again, "other_seed": other}
+    # a seeded call whose prompts together exceed one scheduler step's token budget: vLLM would chunk a prefill,
+    # which kills its CPU engine for a seeded request; the engine cuts the call into waves instead
+    long = [[{"role": "user", "content": "Summarize these problems:\n" + "\n".join(r["problem"] for r in rows * 2)}]]
+    long_seeded = SamplingSettings(max_new_tokens=8, temperature=1.0, seed=5)
+    waves_before = vllm.stats.extra.get("seeded_waves", 0)
+    long_first = vllm.generate(long * 10, long_seeded)
+    out["long_seeded"] = {"prompt_tokens": [g.prompt_tokens for g in long_first],
+                          "completion_tokens": [g.completion_tokens for g in long_first],
+                          "first": [g.text for g in long_first],
+                          "again": [g.text for g in vllm.generate(long * 10, long_seeded)],
+                          "waves": vllm.stats.extra.get("seeded_waves", 0) - waves_before,
+                          "budget": vllm.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens}
     stop = SamplingSettings(max_new_tokens=MAX_NEW, temperature=0.0, stop=(".",))
     out["stop"] = {"vllm": [g.text for g in vllm.generate(conversations[:2], stop)],
                    "transformers": [g.text for g in hf.generate(conversations[:2], stop)]}

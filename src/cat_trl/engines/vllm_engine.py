@@ -11,7 +11,10 @@ The calls are the ones TRL 1.16 makes (`trl/generation/vllm_generation.py`): `ge
 transformers engine renders them, so budgets and prompts agree token for token). Micro-batching is vLLM's own.
 
 Seeds: a seeded call gives request i its own seed derived from (call seed, i). vLLM seeds per request, so one seed for
-all would make the G identical prompts of a pool sample G identical rollouts.
+all would make the G identical prompts of a pool sample G identical rollouts. On vLLM's CPU build a seeded request
+must never be prefilled in chunks (vLLM then rewinds its generator, which only CUDA's supports: the engine core dies;
+`trl_compat.vllm_seeded_prefill_limits`), so there a seeded call is cut into waves whose prompts fit one scheduler
+step (`seeded_waves`); request i keeps its seed whichever wave it lands in.
 """
 
 from __future__ import annotations
@@ -30,6 +33,32 @@ NEXT_TOKEN_TOP_K = 20
 
 #: `vllm.LLM` arguments the standalone engine sets from its own settings
 STANDALONE_RESERVED = frozenset({"model", "tokenizer", "dtype", "max_model_len", "seed"})
+
+
+def seeded_waves(lengths: list[int], limits: tuple[int, int] | None) -> list[range]:
+    """Consecutive waves of request indices, each prefilled whole in one vLLM scheduler step: per wave, the prompt
+    tokens plus one token per request (a request left for the next step then shares it with the others' decodes) stay
+    within the step's token budget, and the requests within `max_num_seqs`. `limits` None: one wave.
+
+    Raises:
+        ValueError: a single prompt longer than the budget (vLLM would have to chunk it)."""
+    if limits is None or not lengths:
+        return [range(len(lengths))] if lengths else []
+    tokens, seqs = limits
+    waves, start, total = [], 0, 0
+    for i, n in enumerate(lengths):
+        if n > tokens:
+            raise ValueError(
+                f"a seeded vLLM request has a {n}-token prompt, over the engine's {tokens}-token scheduler budget: "
+                "vLLM's CPU build cannot prefill a seeded request in chunks (its generator cannot be rewound). Raise "
+                "max_num_batched_tokens to at least the context length (vllm_llm_kwargs), shorten the prompt, or "
+                "sample unseeded.")
+        if i > start and (total + n + 1 > tokens or i - start >= seqs):
+            waves.append(range(start, i))
+            start, total = i, 0
+        total += n + 1
+    waves.append(range(start, len(lengths)))
+    return waves
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -83,6 +112,9 @@ class VLLMEngine(TokenizerBudget, Engine):
                              "settings (model_name_or_path, dtype, max_context, seed)")
         if vllm_runs_on_cpu():
             extra.setdefault("enforce_eager", True)
+            # a whole prompt fits one scheduler step, so a seeded request is never chunked (see the module docstring)
+            if max_context:
+                extra.setdefault("max_num_batched_tokens", max(4096, max_context))
         kwargs = {"model": path, "dtype": dtype, "seed": seed, **extra}
         if max_context:
             kwargs["max_model_len"] = max_context
@@ -125,8 +157,20 @@ class VLLMEngine(TokenizerBudget, Engine):
         """One `generate` over token-id prompts; outputs in the prompts' order. Subclasses on a shared engine wrap it."""
         if not prompt_ids:
             return []
-        return self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids],
-                                 sampling_params=self._params(sampling, len(prompt_ids), **extra), use_tqdm=False)
+        params = self._params(sampling, len(prompt_ids), **extra)
+        if not isinstance(params, list):
+            return self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params,
+                                     use_tqdm=False)
+        from ..trl_compat import vllm_seeded_prefill_limits
+
+        waves = seeded_waves([len(ids) for ids in prompt_ids], vllm_seeded_prefill_limits(self.llm))
+        if len(waves) > 1:
+            self.stats.extra["seeded_waves"] = self.stats.extra.get("seeded_waves", 0) + len(waves)
+        outputs: list[Any] = []
+        for wave in waves:
+            outputs += self.llm.generate([{"prompt_token_ids": prompt_ids[i]} for i in wave],
+                                         sampling_params=[params[i] for i in wave], use_tqdm=False)
+        return outputs
 
     # ------------------------------------------------------------------ the Engine interface
 
