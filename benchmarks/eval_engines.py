@@ -35,12 +35,20 @@ REPO = Path(__file__).resolve().parents[1]
 def run(engine: str, out: str, problems: int, g: int, tokens: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2", "WANDB_MODE": "disabled"}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cat_trl.cli", "eval", str(REPO / "yaml" / "eval" / "quickstart-cpu.yaml"),
-                    "--engine", engine, "--dataset_max_samples", str(problems), "--num_generations", f"[{g}]",
-                    "--max_new_tokens", str(tokens), "--anchor_max_new_tokens", str(tokens), "--max_context", "2048",
-                    "--report_to", "none", "--progress", "false", "--output_dir", out],
-                   check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    os.makedirs(out, exist_ok=True)
+    log = os.path.join(out, "eval.log")
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, "-m", "cat_trl.cli", "eval",
+                               str(REPO / "yaml" / "eval" / "quickstart-cpu.yaml"), "--engine", engine,
+                               "--dataset_max_samples", str(problems), "--num_generations", f"[{g}]",
+                               "--max_new_tokens", str(tokens), "--anchor_max_new_tokens", str(tokens),
+                               "--max_context", "2048", "--report_to", "none", "--progress", "false",
+                               "--output_dir", out], env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
+    if proc.returncode != 0:  # the child's own output says why
+        with open(log) as f:
+            raise RuntimeError(f"cat-trl eval --engine {engine} exited {proc.returncode}; its log ({log}) ends:\n"
+                               + f.read()[-4000:])
     with open(os.path.join(out, "eval_results.json")) as f:
         result = json.load(f)
     meta = result["meta"]
@@ -90,8 +98,14 @@ def heldout_child(engine: str, n: int, out: str) -> None:
 def run_heldout(engine: str, n: int, out: str) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2", "WANDB_MODE": "disabled"}
     start = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--heldout-child", engine, "--heldout", str(n), "--child-out", out],
-                   check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    log = out + ".log"
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, __file__, "--heldout-child", engine, "--heldout", str(n), "--child-out",
+                               out], env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        with open(log) as f:
+            raise RuntimeError(f"the held-out point on {engine} exited {proc.returncode}; its log ({log}) ends:\n"
+                               + f.read()[-4000:])
     with open(out) as f:
         return {**json.load(f), "wall_seconds": time.perf_counter() - start}
 

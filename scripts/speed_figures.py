@@ -66,6 +66,14 @@ def _overlap_rows() -> list[str]:
                     f"(overlapped {r['overlapped_over_plain']:.2f}× plain, serial {r['serial_over_plain']:.2f}×) | "
                     f"overlapped {_iqr(r['overlapped'])}; serial {_iqr(r['serial'])} | {r['overlapped']['n']} steps "
                     f"per arm | {_link('results-overlap-cpu.json')} |")
+    d = _load("results-overlap-vllm-cpu.json")
+    if d:
+        q = d["steps"]
+        rows.append(f"| real vLLM server anchor on loopback, sharing the 2 cores: overlapped / serial step (plain step "
+                    f"without anchor {_iqr(q['plain'])}) | **{d['overlapped_over_serial']:.2f}×** (overlapped "
+                    f"{d['overlapped_over_plain']:.2f}× plain, serial {d['serial_over_plain']:.2f}×) | overlapped "
+                    f"{_iqr(q['overlapped'])}; serial {_iqr(q['serial'])} | {q['overlapped']['n']} steps per arm | "
+                    f"{_link('results-overlap-vllm-cpu.json')} |")
     return rows
 
 

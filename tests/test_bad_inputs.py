@@ -118,6 +118,36 @@ def test_vllm_anchor_on_an_fsdp1_launch_is_refused_before_any_model_loads(weight
     assert "FSDP2" in err[0] and "fsdp_version: 2" in err[0] and "cat_anchor_weights: copy" in err[0], err[0]
 
 
+@pytest.mark.parametrize("kwargs,refused", [({}, True), ({"max_num_batched_tokens": 16384}, False),
+                                             ({"enable_chunked_prefill": False}, False)])
+def test_colocated_vllm_anchor_on_cpu_refuses_synthesis_prompts_over_the_scheduler_step(
+        kwargs, refused, tmp_path, tiny_model_path, no_model_loading, capsys, monkeypatch):
+    """On vLLM's CPU build a seeded synthesis prompt must be prefilled in one scheduler step (TRL's colocated engine:
+    4096 tokens): 8 rollouts of 1024 tokens cannot be, and the launch says so in one line before any model loads,
+    naming the setting that lifts the limit. With the limit lifted (or chunked prefill off) the check passes."""
+    from cat_trl import trl_compat
+
+    monkeypatch.setattr(trl_compat, "vllm_runs_on_cpu", lambda: True)
+    recipe = {**yaml.safe_load(TINY.read_text()), "model_name_or_path": tiny_model_path,
+              "output_dir": str(tmp_path / "out"), "use_vllm": True, "vllm_mode": "colocate",
+              "vllm_max_model_length": 16384, "cat_anchor_engine": "vllm", "cat_anchor_weights": "copy",
+              "num_generations": 8, "max_completion_length": 1024, "cat_vllm_llm_kwargs": kwargs}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    if not refused:  # preflight passes; what fails next here (no vLLM in this environment) is not this check
+        try:
+            cli.main(["train", str(path)])
+        except Exception as err:  # noqa: BLE001
+            assert "scheduler step" not in str(err)
+        assert "scheduler step" not in capsys.readouterr().err
+        return
+    assert cli.main(["train", str(path)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not _progress(line)]
+    assert len(err) == 1, err
+    assert "4096-token scheduler step" in err[0] and "max_num_batched_tokens" in err[0], err[0]
+    assert no_model_loading == []
+
+
 def test_vllm_anchor_launch_checks_read_the_fsdp_version(monkeypatch):
     from types import SimpleNamespace
 

@@ -149,5 +149,39 @@ def check_lengths(args: CaTGRPOConfig, model_path: str, dataset) -> None:
     if anchor_context is None:
         return
     widest = max(args.num_generations, args.num_generations_eval or 0)
-    check_context_budget(estimator_spec(args, max_context_tokens=anchor_context), tokenizer, widest,
-                         args.max_completion_length)
+    report = check_context_budget(estimator_spec(args, max_context_tokens=anchor_context), tokenizer, widest,
+                                  args.max_completion_length)
+    check_seeded_prefill_budget(args, anchor_context, report.get("budget"), widest)
+
+
+#: TRL 1.16 builds its colocated `vllm.LLM` with `max_num_batched_tokens=4096` (`cat_vllm_llm_kwargs` may override)
+TRL_VLLM_STEP_TOKENS = 4096
+
+
+def check_seeded_prefill_budget(args: CaTGRPOConfig, anchor_context: int, rollout_budget: int | None,
+                                num_generations: int) -> None:
+    """The colocated vLLM anchor on vLLM's CPU build: a seeded synthesis prompt must fit one scheduler step whole
+    (`trl_compat.vllm_seeded_prefill_limits`), so the longest one these settings can build (the prompt frame plus G
+    full rollouts, at most the anchor's context less its new tokens) is checked against the step's token budget here,
+    before any weights load, instead of failing at the first long group."""
+    if not (args.use_vllm and args.vllm_mode == "colocate" and args.cat_anchor_engine == "vllm"):
+        return
+    if rollout_budget is None:
+        return
+    from ..trl_compat import vllm_runs_on_cpu
+
+    if not vllm_runs_on_cpu():
+        return
+    kwargs = args.cat_vllm_llm_kwargs or {}
+    if kwargs.get("enable_chunked_prefill") is False:
+        return
+    step = int(kwargs.get("max_num_batched_tokens") or TRL_VLLM_STEP_TOKENS)
+    frame = anchor_context - args.cat_anchor_max_new_tokens - rollout_budget
+    longest = frame + min(rollout_budget, num_generations * args.max_completion_length)
+    if longest > step:
+        raise PreflightError(
+            f"the colocated vLLM anchor's synthesis prompt can reach {longest} tokens ({num_generations} rollouts of "
+            f"up to {args.max_completion_length} tokens), over the engine's {step}-token scheduler step. vLLM's CPU "
+            "build cannot prefill a seeded request in chunks (its generator cannot be rewound; the engine core dies). "
+            f"Set cat_vllm_llm_kwargs: {{max_num_batched_tokens: {longest}}} or more, or lower max_completion_length "
+            "or num_generations.")

@@ -51,8 +51,8 @@ def seeded_waves(lengths: list[int], limits: tuple[int, int] | None) -> list[ran
             raise ValueError(
                 f"a seeded vLLM request has a {n}-token prompt, over the engine's {tokens}-token scheduler budget: "
                 "vLLM's CPU build cannot prefill a seeded request in chunks (its generator cannot be rewound). Raise "
-                "max_num_batched_tokens to at least the context length (vllm_llm_kwargs), shorten the prompt, or "
-                "sample unseeded.")
+                "max_num_batched_tokens to at least the context length (cat_vllm_llm_kwargs for TRL's colocated "
+                "engine, vllm_llm_kwargs for eval's), shorten the prompt, or sample unseeded.")
         if i > start and (total + n + 1 > tokens or i - start >= seqs):
             waves.append(range(start, i))
             start, total = i, 0
