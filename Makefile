@@ -6,7 +6,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-vllm quickstart quickstart-vllm compare eval bench bench-vllm bench-memory bench-overlap bench-eval-engines test test-slow test-vllm ci clean
+.PHONY: setup setup-vllm quickstart quickstart-vllm compare eval bench bench-vllm bench-memory bench-overlap bench-eval-engines bench-vllm-256 bench-step-transformers bench-overlap-vllm test test-slow test-vllm ci clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,17 @@ bench-memory: setup-vllm
 ## Server anchor answering after a fixed latency L: step time serial vs overlapped (loopback server, no network).
 bench-overlap: setup
 	$(PY) benchmarks/overlap_anchor.py --out benchmarks/results-overlap-cpu.json
+
+## The same step benchmark at rollouts 256 / synthesis 256 (G = 4, 2 prompts), and with transformers rollouts.
+bench-vllm-256: setup-vllm
+	$(VENV_VLLM)/bin/python benchmarks/vllm_step.py --length 256 --synthesis-length 256 --g 4 --prompts 2 --steps 3 --output benchmarks/results-vllm-256-cpu.json
+
+bench-step-transformers: setup
+	$(PY) benchmarks/vllm_step.py --rollouts transformers --steps 4 --output benchmarks/results-step-transformers-cpu.json
+
+## The overlap benchmark with a real vLLM server on loopback as the anchor (shares the machine's cores).
+bench-overlap-vllm: setup-vllm
+	$(VENV_VLLM)/bin/python benchmarks/overlap_anchor.py --vllm-server --repeats 3 --steps 4 --out benchmarks/results-overlap-vllm-cpu.json
 
 ## cat-trl eval on vLLM vs transformers: same problems, G = 4, alternating processes.
 bench-eval-engines: setup-vllm

@@ -49,6 +49,9 @@ def _eval_rows() -> list[str]:
     if "pool_seconds" in summary:
         rows.append(_engine_row(f"`cat-trl eval`, decoding the pool (G = {s['g']}, {s['problems']} MATH-500 problems, "
                                 f"{s['max_new_tokens']} tokens)", summary["pool_seconds"]))
+    if summary.get("methods_seconds", {}).get("vllm"):
+        rows.append(_engine_row("`cat-trl eval`, the methods' own calls on that pool (selection scoring, syntheses, "
+                                "self-BoN)", summary["methods_seconds"]))
     if "heldout_point_seconds" in summary:
         rows.append(_engine_row(f"`cat-trl compare`, one held-out point ({s['heldout_problems']} problems, greedy + 1 "
                                 "sample, 64 tokens)", summary["heldout_point_seconds"]))

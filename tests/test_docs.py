@@ -10,6 +10,7 @@ import re
 import textwrap
 from pathlib import Path
 
+import pytest
 
 import cat_trl.rewards.verifiable as verifiable
 from cat_trl.trainer import CaTGRPOTrainer
@@ -123,3 +124,30 @@ def test_readme_speed_figures_are_the_stored_benchmark_json():
     overlap = json.loads((REPO / "benchmarks" / "results-overlap-cpu.json").read_text())
     for row in overlap["rows"]:
         assert f"**{row['overlapped_over_serial']:.2f}×**" in rendered
+
+
+@pytest.mark.parametrize("name", ["results-vllm-cpu.json", "results-vllm-256-cpu.json",
+                                  "results-step-transformers-cpu.json"])
+def test_published_step_benchmarks_are_honest_runs(name):
+    """What the README's step rows claim holds in the stored run: rollouts *and* the anchor's syntheses reached the
+    forced length, at least 2 processes per arm, the step split stored for both arms, a clean revision recorded."""
+    d = json.loads((REPO / "benchmarks" / name).read_text())
+    s = d["setting"]
+    assert d["anchor_tokens_per_synthesis"] == s["synthesis_tokens"]
+    assert d["rollout_mean_length"] == {"plain": s["completion_tokens"], "cat": s["completion_tokens"]}
+    assert s["processes_per_arm"] >= 2 and d["cat_step_s"]["n"] == d["plain_step_s"]["n"] >= 4
+    assert set(d["step_split_s"]) == {"plain", "cat"} and d["step_split_s"]["cat"]["reward"]["median"] > 0
+    assert d["provenance"]["git"]["dirty"] is False and d["provenance"]["git"]["revision"]
+
+
+def test_published_engine_and_server_benchmarks_are_clean_runs():
+    """The eval-engines run compared the engines on the same settings and agreed on the held-out accuracy; the real
+    vLLM-server overlap run measured every arm equally often."""
+    engines = json.loads((REPO / "benchmarks" / "results-eval-engines-cpu.json").read_text())
+    assert {r["engine"] for r in engines["runs"]} == {"vllm", "transformers"}
+    accuracy = {r["engine"]: r["greedy_accuracy"] for r in engines["heldout_runs"]}
+    assert accuracy["vllm"] == accuracy["transformers"]
+    server = json.loads((REPO / "benchmarks" / "results-overlap-vllm-cpu.json").read_text())
+    assert len({q["n"] for q in server["steps"].values()}) == 1
+    for d in (engines, server):
+        assert d["provenance"]["git"]["dirty"] is False
