@@ -268,3 +268,10 @@ def test_generate_returns_the_completions_the_reward_call_gets(tmp_path, tiny_mo
                   args=args, train_dataset=load_synthetic_math(8))
     trainer.train()
     assert seen["generated"] == seen["rewarded"] and len(seen["rewarded"]) == 4
+
+
+def test_trls_colocated_engine_step_budget_is_the_one_the_seeded_prefill_check_assumes():
+    """`preflight.check_seeded_prefill_budget` and the standalone engine's budget read this constant: TRL 1.16 builds
+    its colocated `vllm.LLM` with this `max_num_batched_tokens`."""
+    source = inspect.getsource(VLLMGeneration)
+    assert f"max_num_batched_tokens={trl_compat.TRL_COLOCATE_STEP_TOKENS}," in source

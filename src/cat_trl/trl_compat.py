@@ -56,6 +56,11 @@ def vllm_max_model_len(llm) -> int | None:
     return getattr(config, "max_model_len", None)
 
 
+#: the scheduler step TRL 1.16 gives its colocated `vllm.LLM` (`max_num_batched_tokens=4096` in
+#: `trl/generation/vllm_generation.py`; `cat_vllm_llm_kwargs` may override it); pinned by tests/test_trl_compat.py
+TRL_COLOCATE_STEP_TOKENS = 4096
+
+
 def vllm_seeded_prefill_limits(llm) -> tuple[int, int] | None:
     """(token budget per scheduler step, max sequences) within which seeded requests must be prefilled whole, or
     None where vLLM handles a partial prefill of a seeded request itself.

@@ -154,28 +154,23 @@ def check_lengths(args: CaTGRPOConfig, model_path: str, dataset) -> None:
     check_seeded_prefill_budget(args, anchor_context, report.get("budget"), widest)
 
 
-#: TRL 1.16 builds its colocated `vllm.LLM` with `max_num_batched_tokens=4096` (`cat_vllm_llm_kwargs` may override)
-TRL_VLLM_STEP_TOKENS = 4096
-
-
 def check_seeded_prefill_budget(args: CaTGRPOConfig, anchor_context: int, rollout_budget: int | None,
                                 num_generations: int) -> None:
     """The colocated vLLM anchor on vLLM's CPU build: a seeded synthesis prompt must fit one scheduler step whole
     (`trl_compat.vllm_seeded_prefill_limits`), so the longest one these settings can build (the prompt frame plus G
     full rollouts, at most the anchor's context less its new tokens) is checked against the step's token budget here,
     before any weights load, instead of failing at the first long group."""
-    if not (args.use_vllm and args.vllm_mode == "colocate" and args.cat_anchor_engine == "vllm"):
+    if rollout_budget is None or not (args.use_vllm and args.vllm_mode == "colocate"
+                                      and args.cat_anchor_engine == "vllm"):
         return
-    if rollout_budget is None:
-        return
-    from ..trl_compat import vllm_runs_on_cpu
+    from ..trl_compat import TRL_COLOCATE_STEP_TOKENS, vllm_runs_on_cpu
 
     if not vllm_runs_on_cpu():
         return
     kwargs = args.cat_vllm_llm_kwargs or {}
     if kwargs.get("enable_chunked_prefill") is False:
         return
-    step = int(kwargs.get("max_num_batched_tokens") or TRL_VLLM_STEP_TOKENS)
+    step = int(kwargs.get("max_num_batched_tokens") or TRL_COLOCATE_STEP_TOKENS)
     frame = anchor_context - args.cat_anchor_max_new_tokens - rollout_budget
     longest = frame + min(rollout_budget, num_generations * args.max_completion_length)
     if longest > step:

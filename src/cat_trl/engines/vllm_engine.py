@@ -103,7 +103,7 @@ class VLLMEngine(TokenizerBudget, Engine):
         from transformers import AutoTokenizer
         from vllm import LLM
 
-        from ..trl_compat import vllm_runs_on_cpu
+        from ..trl_compat import TRL_COLOCATE_STEP_TOKENS, vllm_runs_on_cpu
 
         extra = dict(llm_kwargs or {})
         reserved = sorted(STANDALONE_RESERVED & set(extra))
@@ -112,9 +112,10 @@ class VLLMEngine(TokenizerBudget, Engine):
                              "settings (model_name_or_path, dtype, max_context, seed)")
         if vllm_runs_on_cpu():
             extra.setdefault("enforce_eager", True)
-            # a whole prompt fits one scheduler step, so a seeded request is never chunked (see the module docstring)
+            # a whole prompt fits one scheduler step (at least TRL's), so a seeded request is never chunked (see the
+            # module docstring)
             if max_context:
-                extra.setdefault("max_num_batched_tokens", max(4096, max_context))
+                extra.setdefault("max_num_batched_tokens", max(TRL_COLOCATE_STEP_TOKENS, max_context))
         kwargs = {"model": path, "dtype": dtype, "seed": seed, **extra}
         if max_context:
             kwargs["max_model_len"] = max_context
